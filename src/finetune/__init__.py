@@ -1,0 +1,3 @@
+"""finetune: YAML-recipe-driven LLM fine-tuning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,308 @@
+"""The recipe schema: frozen, typed settings with every key documented once, on its field.
+
+Key names follow Axolotl so existing recipes keep working. Unknown keys are errors
+(`extra="forbid"`); cross-field contradictions are checked in `Settings._check`.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from finetune.config.yaml_source import RecipeSource
+
+Optimizer = Literal[
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adafactor",
+    "sgd",
+]
+Scheduler = Literal[
+    "cosine",
+    "linear",
+    "constant",
+    "constant_with_warmup",
+    "cosine_with_restarts",
+    "cosine_with_min_lr",
+    "polynomial",
+    "inverse_sqrt",
+]
+
+
+class Section(BaseModel):
+    """A frozen settings block that remembers where in the recipe it came from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    _source: Optional[RecipeSource] = PrivateAttr(default=None)
+    _path: tuple = PrivateAttr(default=())
+
+    def where(self, field: str | int | None = None) -> str:
+        """`recipe.yml:LINE` of `field` (or of this block), for error messages."""
+        if self._source is None:
+            return "<settings>"
+        path = self._path if field is None else self._path + (field,)
+        return self._source.where(path)
+
+
+class DatasetSettings(Section):
+    """One entry of `datasets:`."""
+
+    path: str = Field(
+        description="Local data: a .json/.jsonl/.parquet/.csv file, or a `datasets.save_to_disk` directory. "
+        "Relative paths are resolved from the current directory."
+    )
+    type: Literal["chat_template", "alpaca", "completion"] = Field(
+        "chat_template",
+        description="chat_template: a list of messages per row (OpenAI or ShareGPT style); "
+        "alpaca: instruction/input/output(/system) columns, rendered as one user/assistant exchange; "
+        "completion: raw text, every token trained.",
+    )
+    ds_type: Optional[Literal["json", "jsonl", "parquet", "csv", "arrow"]] = Field(
+        None, description="File format; inferred from the extension (or a directory = arrow) when unset."
+    )
+    split: str = Field("train", description="Split to read from a saved DatasetDict directory.")
+    field_messages: str = Field("messages", description="chat_template: the column holding the list of messages.")
+    message_property_mappings: dict[str, str] = Field(
+        default_factory=lambda: {"role": "role", "content": "content"},
+        description="chat_template: which key of each message holds its role and its content, "
+        "e.g. `{role: from, content: value}` for ShareGPT data.",
+    )
+    roles: Optional[dict[str, list[str]]] = Field(
+        None,
+        description="chat_template: source role names for each role, e.g. `{user: [human], assistant: [gpt]}`. "
+        "Unset: system, user/human, assistant/gpt/model and tool/ipython are recognised.",
+    )
+    roles_to_train: list[str] = Field(
+        default_factory=lambda: ["assistant"],
+        description="chat_template: roles whose content is trained when `train_on_inputs` is false.",
+    )
+    train_on_eos: Literal["turn", "all", "last", "none"] = Field(
+        "turn",
+        description="Which end-of-turn tokens are trained: turn = after each trained turn; all = after every "
+        "turn; last = after the last trained turn only; none.",
+    )
+    field_instruction: str = Field("instruction", description="alpaca: the instruction column.")
+    field_input: str = Field("input", description="alpaca: the optional input column (appended to the instruction).")
+    field_output: str = Field("output", description="alpaca: the answer column (trained).")
+    field_system: str = Field("system", description="alpaca: the optional system-prompt column.")
+    field: str = Field("text", description="completion: the text column.")
+
+    @property
+    def role_map(self) -> dict[str, str]:
+        """Source role name -> normalized role (system/user/assistant/tool)."""
+        roles = self.roles or {
+            "system": ["system"],
+            "user": ["user", "human"],
+            "assistant": ["assistant", "gpt", "model"],
+            "tool": ["tool", "ipython"],
+        }
+        return {source: role for role, sources in roles.items() for source in sources}
+
+
+class SpecialTokens(Section):
+    """`special_tokens:` the tokenizer's special tokens, set before training."""
+
+    bos_token: Optional[str] = Field(None, description="Beginning-of-sequence token.")
+    eos_token: Optional[str] = Field(
+        None, description="End-of-sequence token; for chat models the end-of-turn token (`<|eot_id|>` for Llama 3)."
+    )
+    pad_token: Optional[str] = Field(None, description="Padding token (`<|finetune_right_pad_id|>` for Llama 3.1).")
+    unk_token: Optional[str] = Field(None, description="Unknown-token token.")
+    additional_special_tokens: list[str] = Field(
+        default_factory=list, description="Further special tokens; new ones grow the embeddings."
+    )
+
+
+class Settings(Section):
+    """A whole recipe."""
+
+    # --- model -----------------------------------------------------------------------
+    base_model: str = Field(description="Hugging Face model id or local directory of the base model.")
+    tokenizer_config: Optional[str] = Field(None, description="Tokenizer id or directory; defaults to base_model.")
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model repository.")
+    load_in_4bit: bool = Field(False, description="Load the base in 4-bit NF4 with double quantization (QLoRA).")
+    load_in_8bit: bool = Field(False, description="Load the base in 8-bit (LLM.int8).")
+    strict: bool = Field(
+        False, description="Accepted for Axolotl compatibility; finetune always rejects unknown keys."
+    )
+    attn_implementation: Optional[Literal["eager", "sdpa", "flash_attention_2"]] = Field(
+        None,
+        description="Attention backend. flash_attention_2 needs flash-attn and a CUDA GPU, else SDPA is used "
+        "with a warning. Unset: sdpa. (Deprecated spelling: `flash_attention: true`.)",
+    )
+
+    # --- data ------------------------------------------------------------------------
+    chat_template: Literal["llama3", "chatml", "tokenizer_default", "jinja"] = Field(
+        "tokenizer_default",
+        description="llama3 | chatml | tokenizer_default (the tokenizer's own) | jinja (see chat_template_jinja).",
+    )
+    chat_template_jinja: Optional[str] = Field(
+        None, description="With chat_template: jinja, the Jinja template inline or a path to a file holding it."
+    )
+    datasets: list[DatasetSettings] = Field(min_length=1, description="Training data; several are mixed.")
+    dataset_prepared_path: str = Field(
+        "last_run_prepared", description="Directory for the preprocessed-data cache (see `finetune preprocess`)."
+    )
+    val_set_size: float = Field(
+        0.0, ge=0, description="Validation split: a fraction (< 1) of conversations, or a count (>= 1)."
+    )
+    dedup: bool = Field(False, description="Remove exact duplicate conversations (counted in the summary).")
+    sequence_len: int = Field(2048, gt=0, description="Maximum tokens per sample and per packed row.")
+    excess_length_strategy: Literal["drop", "truncate", "raise"] = Field(
+        "drop", description="Samples longer than sequence_len: drop (counted) | truncate | raise."
+    )
+    sample_packing: bool = Field(False, description="Pack samples into rows of at most sequence_len tokens.")
+    eval_sample_packing: Optional[bool] = Field(
+        None, description="Pack the validation split too; defaults to sample_packing."
+    )
+    pad_to_sequence_len: bool = Field(False, description="Pad every batch to exactly sequence_len tokens.")
+    train_on_inputs: bool = Field(False, description="Train every token, not only the roles_to_train turns.")
+    special_tokens: SpecialTokens = Field(default_factory=SpecialTokens, description="Tokenizer special tokens.")
+
+    # --- adapter ---------------------------------------------------------------------
+    adapter: Optional[Literal["lora", "qlora"]] = Field(
+        None, description="lora | qlora (LoRA on a 4-bit base). Unset: full fine-tuning."
+    )
+    lora_r: int = Field(8, gt=0, description="LoRA rank.")
+    lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target_linear: bool = Field(False, description="Put LoRA on every linear layer except lm_head.")
+    lora_target_modules: Optional[list[str]] = Field(
+        None, description="Module names to adapt (e.g. [q_proj, v_proj]); added to lora_target_linear's."
+    )
+    lora_modules_to_save: Optional[list[str]] = Field(
+        None,
+        description="Modules trained in full and saved with the adapter (e.g. [embed_tokens, lm_head]); "
+        "needed only when new tokens are added.",
+    )
+    lora_model_dir: Optional[str] = Field(None, description="Continue training from this saved adapter.")
+    peft_use_dora: bool = Field(False, description="Use DoRA (weight-decomposed LoRA).")
+    peft_use_rslora: bool = Field(False, description="Use rank-stabilised LoRA scaling (alpha / sqrt(r)).")
+
+    # --- training --------------------------------------------------------------------
+    output_dir: str = Field("./outputs/lora-out", description="Where the adapter, checkpoints and summary go.")
+    micro_batch_size: int = Field(1, gt=0, description="Rows per process per forward pass.")
+    eval_batch_size: Optional[int] = Field(None, gt=0, description="Rows per eval forward; defaults to micro_batch_size.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro batches per optimizer step.")
+    num_epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
+    max_steps: Optional[int] = Field(None, gt=0, description="Stop after this many optimizer steps (overrides num_epochs).")
+    optimizer: Optimizer = Field("adamw_torch", description="Optimizer name (transformers' names).")
+    lr_scheduler: Scheduler = Field("cosine", description="Learning-rate schedule.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    warmup_ratio: Optional[float] = Field(None, ge=0, lt=1, description="Warmup as a fraction of all steps.")
+    warmup_steps: Optional[int] = Field(None, ge=0, description="Warmup in optimizer steps.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 = off).")
+    bf16: bool | Literal["auto"] = Field("auto", description="bfloat16 compute: true | false | auto (when supported).")
+    fp16: bool = Field(False, description="float16 compute with loss scaling.")
+    tf32: bool = Field(False, description="Allow TF32 matmuls on Ampere+ GPUs.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (non-reentrant).")
+    logging_steps: int = Field(1, gt=0, description="Log every this many optimizer steps.")
+    evals_per_epoch: Optional[int] = Field(None, gt=0, description="Evaluations per epoch.")
+    eval_steps: Optional[int] = Field(None, gt=0, description="Evaluate every this many steps.")
+    saves_per_epoch: Optional[int] = Field(None, gt=0, description="Checkpoints per epoch.")
+    save_steps: Optional[int] = Field(None, gt=0, description="Checkpoint every this many steps.")
+    save_total_limit: Optional[int] = Field(None, gt=0, description="Keep at most this many checkpoints.")
+    early_stopping_patience: Optional[int] = Field(
+        None, gt=0, description="Stop after this many evaluations without improvement of eval loss."
+    )
+    seed: int = Field(42, description="Seed for shuffling, splitting, packing and initialisation.")
+    deepspeed: Optional[str] = Field(
+        None, description="DeepSpeed JSON; a missing path naming a bundled config (zero2.json...) uses the bundled one."
+    )
+
+    # --- tracking --------------------------------------------------------------------
+    wandb_project: Optional[str] = Field(None, description="Weights & Biases project; unset disables W&B.")
+    wandb_entity: Optional[str] = Field(None, description="W&B team or user.")
+    wandb_name: Optional[str] = Field(None, description="W&B run name.")
+    wandb_watch: Optional[Literal["false", "gradients", "parameters", "all"]] = Field(
+        None, description="Log gradients/parameters histograms through wandb.watch."
+    )
+    wandb_log_model: Optional[Literal["false", "end", "checkpoint"]] = Field(
+        None, description="Upload the model as a W&B artifact at the end or at every checkpoint."
+    )
+    wandb_mode: Optional[Literal["online", "offline", "disabled"]] = Field(
+        None, description="W&B mode; unset: online when an API key is configured, else offline."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _false_strings(cls, data: Any) -> Any:
+        # YAML `wandb_watch: false` arrives as a bool; keep the documented spelling.
+        if isinstance(data, dict):
+            for key in ("wandb_watch", "wandb_log_model"):
+                if data.get(key) is False:
+                    data = {**data, key: "false"}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        for key, message in contradictions(self):
+            raise ValueError(f"[{key}] {message}")
+        return self
+
+    # --- derived values ----------------------------------------------------------------
+    @property
+    def evals_enabled(self) -> bool:
+        return self.evals_per_epoch is not None or self.eval_steps is not None
+
+    @property
+    def packs_eval(self) -> bool:
+        return self.sample_packing if self.eval_sample_packing is None else self.eval_sample_packing
+
+    def effective_batch(self, world_size: int) -> int:
+        """Rows per optimizer step across all processes."""
+        return self.micro_batch_size * self.gradient_accumulation_steps * world_size
+
+
+def contradictions(s: Settings) -> list[tuple[str, str]]:
+    """Cross-field problems as (key to point at, message); empty when the recipe is coherent."""
+    out: list[tuple[str, str]] = []
+    if s.adapter == "qlora" and not s.load_in_4bit:
+        out.append(("adapter", "adapter: qlora needs load_in_4bit: true"))
+    if s.load_in_4bit and s.adapter is None:
+        out.append(("load_in_4bit", "a 4-bit base cannot be trained in full; set adapter: qlora"))
+    if s.load_in_8bit and s.adapter is None:
+        out.append(("load_in_8bit", "an 8-bit base cannot be trained in full; set adapter: lora"))
+    if s.load_in_4bit and s.load_in_8bit:
+        out.append(("load_in_8bit", "load_in_4bit and load_in_8bit are exclusive; keep one"))
+    if s.adapter == "lora" and s.load_in_4bit:
+        out.append(("adapter", "LoRA on a 4-bit base is QLoRA; write adapter: qlora"))
+    if s.warmup_steps is not None and s.warmup_ratio is not None:
+        out.append(("warmup_steps", "set warmup_steps or warmup_ratio, not both"))
+    if s.save_steps is not None and s.saves_per_epoch is not None:
+        out.append(("save_steps", "set save_steps or saves_per_epoch, not both"))
+    if s.eval_steps is not None and s.evals_per_epoch is not None:
+        out.append(("eval_steps", "set eval_steps or evals_per_epoch, not both"))
+    if s.evals_enabled and s.val_set_size == 0:
+        key = "evals_per_epoch" if s.evals_per_epoch is not None else "eval_steps"
+        out.append((key, "evaluation needs a validation split; set val_set_size (e.g. 0.05)"))
+    if s.early_stopping_patience is not None and not s.evals_enabled:
+        out.append(("early_stopping_patience", "early stopping needs evaluations; set evals_per_epoch or eval_steps"))
+    if s.val_set_size >= 1 and s.val_set_size != int(s.val_set_size):
+        out.append(("val_set_size", "val_set_size is a fraction below 1 or a whole count of conversations"))
+    if s.bf16 is True and s.fp16:
+        out.append(("fp16", "bf16 and fp16 are exclusive; keep one"))
+    if s.eval_sample_packing and not s.sample_packing:
+        out.append(("eval_sample_packing", "eval_sample_packing needs sample_packing: true"))
+    if s.adapter is None:
+        for key in ("peft_use_dora", "peft_use_rslora"):
+            if getattr(s, key):
+                out.append((key, f"{key} needs an adapter (adapter: lora or qlora)"))
+        for key in ("lora_modules_to_save", "lora_model_dir", "lora_target_modules"):
+            if getattr(s, key):
+                out.append((key, f"{key} needs an adapter (adapter: lora or qlora)"))
+    elif not s.lora_target_linear and not s.lora_target_modules:
+        out.append(("adapter", "the adapter targets no module; set lora_target_linear: true or lora_target_modules"))
+    if s.chat_template == "jinja" and not s.chat_template_jinja:
+        out.append(("chat_template", "chat_template: jinja needs chat_template_jinja (inline or a file path)"))
+    if s.chat_template_jinja and s.chat_template != "jinja":
+        out.append(("chat_template_jinja", "chat_template_jinja is used only with chat_template: jinja"))
+    return out
