@@ -91,12 +91,15 @@ def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], file: str)
 def _scalar(node: yaml.Node, file: str) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         raise RecipeError(f"{file}:{node.start_mark.line + 1}: expected a plain key, found a nested structure")
-    return _construct(node)
+    return _construct(node, file)
 
 
-def _construct(node: yaml.ScalarNode) -> Any:
+def _construct(node: yaml.ScalarNode, file: str) -> Any:
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{file}:{node.start_mark.line + 1}: {problem}") from None
     finally:
         loader.dispose()

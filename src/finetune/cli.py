@@ -1,0 +1,155 @@
+"""`finetune COMMAND recipe.yml`: argument parsing, exit codes, and errors turned into messages.
+
+Only argparse is imported at module level so `finetune --help` stays instant; each command
+imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    command: Callable[[argparse.Namespace], int] = args.run
+    from finetune.errors import FinetuneError
+
+    try:
+        return command(args)
+    except FinetuneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetune",
+        description="Fine-tune LLMs from a YAML recipe (Axolotl-compatible keys).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, run: Callable, help: str, recipe: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(run=run)
+        if recipe:
+            p.add_argument("config", help="the recipe (YAML)")
+            p.add_argument(
+                "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                help="override a recipe key (dotted for nested keys: datasets.0.path=x.jsonl); repeatable",
+            )
+        return p
+
+    p = command("validate", _validate, "check a recipe and print the resolved settings and derived values")
+    p.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="world size to assume for the effective batch (default: WORLD_SIZE or 1)")
+    p.add_argument("--quiet", action="store_true", help="print only problems")
+
+    command("keys", _keys, "list every recipe key with its type, default and meaning", recipe=False)
+
+    p = command("preprocess", _preprocess, "tokenize, mask and pack the data into the cache that train reuses")
+    p.add_argument("--force", action="store_true", help="rebuild even when a matching cache exists")
+    p.add_argument("--show", type=int, default=0, metavar="N",
+                   help="print N prepared rows with trained tokens marked")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+
+    p = command("train", _train, "fine-tune the model the recipe describes")
+    p.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="processes to start (default: one per visible GPU, else 1; on CPU N gloo processes)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if output_dir holds checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="allow replacing a finished run in output_dir")
+    p.add_argument("--force-preprocess", action="store_true", help="rebuild the data cache first")
+    multi = p.add_argument_group("several machines (passed to torchrun)")
+    multi.add_argument("--nnodes", type=int, default=1, help="number of machines")
+    multi.add_argument("--node-rank", type=int, default=0, help="this machine's rank")
+    multi.add_argument("--master-addr", default=None, help="address of the rank-0 machine")
+    multi.add_argument("--master-port", type=int, default=None, help="port on the rank-0 machine")
+    return parser
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace, announce: bool = True):
+    from finetune.config import load_recipe
+
+    loaded = load_recipe(args.config, args.overrides)
+    if announce:
+        for notice in loaded.notices:
+            print(f"notice: {notice}", file=sys.stderr)
+    return loaded
+
+
+def _validate(args: argparse.Namespace) -> int:
+    import os
+
+    from finetune.config.describe import derived_values, resolved_yaml
+
+    loaded = _load(args)
+    if args.quiet:
+        return EXIT_OK
+    world = args.num_processes or int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 1:
+        print("error: --num-processes must be at least 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"# {args.config}: valid\n")
+    print(resolved_yaml(loaded.settings))
+    print("# derived")
+    rows = derived_values(loaded.settings, world)
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    if args.num_processes is None and "WORLD_SIZE" not in os.environ:
+        print("\n(assuming 1 process; pass --num-processes N for N GPUs)")
+    return EXIT_OK
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from finetune.config.describe import key_reference
+
+    for key, type_, default, meaning in key_reference():
+        print(f"{key}: {type_} = {default}\n    {meaning}")
+    return EXIT_OK
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    from finetune.pipeline import preprocess
+
+    loaded = _load(args)
+    if args.show < 0:
+        print("error: --show takes a count of rows, 0 or more", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    preprocess(loaded.settings, force=args.force, show=args.show, progress=not args.no_progress)
+    return EXIT_OK
+
+
+def _train(args: argparse.Namespace) -> int:
+    from finetune.train.launch import main_train
+
+    _load(args)  # validate (and show notices) before any process starts
+    return main_train(
+        args.config,
+        args.overrides,
+        num_processes=args.num_processes,
+        resume=not args.no_resume,
+        overwrite=args.overwrite,
+        force_preprocess=args.force_preprocess,
+        nnodes=args.nnodes,
+        node_rank=args.node_rank,
+        master_addr=args.master_addr,
+        master_port=args.master_port,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
