@@ -183,3 +183,10 @@ def test_settings_can_be_built_in_python():
     s = Settings(base_model="m", datasets=[{"path": "d.jsonl"}], adapter="lora", lora_target_linear=True)
     assert s.datasets[0].role_map["gpt"] == "assistant"
     assert s.datasets[0].where("path") == "<settings>"
+
+
+def test_recipe_reference_page_is_current():
+    from finetune.config.reference import reference_markdown
+
+    page = ROOT / "docs" / "recipe-reference.md"
+    assert page.read_text(encoding="utf-8") == reference_markdown(), "run: python scripts/gen_recipe_reference.py"
