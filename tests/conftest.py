@@ -1,0 +1,176 @@
+"""Shared pytest fixtures (session-scoped, offline, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama 3.1-style model + real Llama 3 tokenizer, built once per session."""
+    from finetune.tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer(tiny_llama_dir: Path) -> Any:
+    """The Llama 3 fast tokenizer of the tiny model (base style: BOS added, no pad, no chat template)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+@pytest.fixture(scope="session")
+def meta_chat_format() -> Any:
+    """Meta's reference Llama 3 dialog encoder (`llama_models.llama3.chat_format.ChatFormat`)."""
+    from llama_models.llama3.chat_format import ChatFormat
+    from llama_models.llama3.tokenizer import Tokenizer
+
+    from finetune.tiny import meta_tokenizer_model_path
+
+    return ChatFormat(Tokenizer(meta_tokenizer_model_path()))
+
+
+# --- finished-run directories (merge and chat tests) -----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def make_adapter_run(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Factory: a finished run's output_dir (peft adapter + tokenizer with template + recipe.yml) and its Settings.
+
+    `make_adapter_run(dora=..., rslora=..., qlora=..., new_tokens=[...], base_dir=...)` -> (output_dir, settings).
+    lora_B is random and the DoRA magnitude and modules_to_save copies perturbed, so the adapter is never a no-op.
+    A QLoRA run is built on the bitsandbytes NF4 base in float32 (recipe `bf16: false`), as training would.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from finetune.config import load_recipe
+    from finetune.data.templates import LLAMA3_JINJA
+
+    def build(*, dora: bool = False, rslora: bool = False, qlora: bool = False, new_tokens: tuple = (),
+              base_dir: Path | None = None, seed: int = 0, eot_bias: float = 0.0) -> tuple[Path, Any]:
+        base_dir = base_dir or tiny_llama_dir
+        out = tmp_path_factory.mktemp("run")
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        tokenizer.add_special_tokens({"eos_token": "<|eot_id|>", "pad_token": "<|finetune_right_pad_id|>"})
+        if new_tokens:
+            tokenizer.add_special_tokens({"additional_special_tokens": list(new_tokens)})
+        tokenizer.chat_template = LLAMA3_JINJA
+        kwargs: dict[str, Any] = {"dtype": torch.float32}
+        if qlora:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.float32, bnb_4bit_quant_storage=torch.float32)
+            kwargs["device_map"] = {"": "cpu"}
+        model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+        if new_tokens:
+            model.resize_token_embeddings(len(tokenizer))
+        saved = ["embed_tokens", "lm_head"] if new_tokens else None
+        config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", use_dora=dora, use_rslora=rslora,
+                            modules_to_save=saved, task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, config)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                noise = torch.randn(param.shape, generator=generator)
+                if "lora_B" in name:
+                    param.copy_(noise * 0.2)
+                elif "lora_magnitude_vector" in name:
+                    param.mul_(1 + 0.3 * noise.abs())
+                elif "modules_to_save" in name:
+                    param.add_(noise * 0.05)
+                    if eot_bias and "lm_head" in name:
+                        param[tokenizer.convert_tokens_to_ids("<|eot_id|>")] *= eot_bias
+        peft_model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        lines = [
+            f"base_model: {base_dir}",
+            f"adapter: {'qlora' if qlora else 'lora'}",
+            f"load_in_4bit: {'true' if qlora else 'false'}",
+            "bf16: false",
+            "lora_r: 8",
+            "lora_alpha: 16",
+            "lora_target_linear: true",
+            f"peft_use_dora: {'true' if dora else 'false'}",
+            f"peft_use_rslora: {'true' if rslora else 'false'}",
+            "chat_template: llama3",
+            "special_tokens:",
+            "  eos_token: <|eot_id|>",
+            "  pad_token: <|finetune_right_pad_id|>",
+        ]
+        if new_tokens:
+            lines += ["  additional_special_tokens:"] + [f"    - '{t}'" for t in new_tokens]
+            lines += ["lora_modules_to_save: [embed_tokens, lm_head]"]
+        lines += ["datasets:", "  - path: data.jsonl", f"output_dir: {out}"]
+        (out / "recipe.yml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return out, load_recipe(out / "recipe.yml").settings
+
+    return build
+
+
+# --- data preparation (tests/test_build.py, test_cache.py, test_formats.py, ...) ----------------------
+
+_WORDS = "alpha beta gamma delta model token batch data loss train python answer question river stone".split()
+
+
+def chat_conversation(index: int, *, seed: int = 0) -> dict[str, Any]:
+    """A small deterministic multi-turn conversation (sometimes with a system prompt)."""
+    import random
+
+    rng = random.Random(seed * 100_003 + index)
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(_WORDS) for _ in range(n)) + f" #{index}"
+
+    messages = [{"role": "system", "content": text(5)}] if index % 3 == 0 else []
+    for _ in range(1 + index % 3):
+        messages.append({"role": "user", "content": text(rng.randint(3, 12))})
+        messages.append({"role": "assistant", "content": text(rng.randint(4, 30))})
+    return {"messages": messages}
+
+
+@pytest.fixture
+def write_chats(tmp_path: Path):
+    """Factory: write conversations (default `chat_conversation(0..n-1)`) as JSONL; returns the path."""
+    import json
+
+    def write(n: int = 40, name: str = "chats.jsonl", rows: list | None = None, seed: int = 0) -> Path:
+        rows = rows if rows is not None else [chat_conversation(i, seed=seed) for i in range(n)]
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def data_settings(tmp_path: Path, tiny_llama_dir: Path):
+    """Factory: `Settings` for the data pipeline, loaded from tmp_path/recipe.yml (errors name its lines).
+
+    `datasets` is a list of dataset entries; other keyword arguments are top-level keys
+    (defaults: llama3 template, sequence_len 512, cache under tmp_path/prepared).
+    """
+    import yaml
+
+    from finetune.config import load_recipe
+
+    def make(datasets: list[dict], **top: Any) -> Any:
+        recipe = {
+            "base_model": str(tiny_llama_dir),
+            "chat_template": "llama3",
+            "dataset_prepared_path": str(tmp_path / "prepared"),
+            "sequence_len": 512,
+            **top,
+            "datasets": [{k: str(v) if isinstance(v, Path) else v for k, v in d.items()} for d in datasets],
+        }
+        path = tmp_path / "recipe.yml"
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+        return load_recipe(path).settings
+
+    return make
