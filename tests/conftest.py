@@ -57,7 +57,7 @@ def make_adapter_run(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFact
               base_dir: Path | None = None, seed: int = 0, eot_bias: float = 0.0) -> tuple[Path, Any]:
         base_dir = base_dir or tiny_llama_dir
         out = tmp_path_factory.mktemp("run")
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
         tokenizer.add_special_tokens({"eos_token": "<|eot_id|>", "pad_token": "<|finetune_right_pad_id|>"})
         if new_tokens:
             tokenizer.add_special_tokens({"additional_special_tokens": list(new_tokens)})
@@ -136,6 +136,12 @@ def chat_conversation(index: int, *, seed: int = 0) -> dict[str, Any]:
 
 
 @pytest.fixture
+def make_conversation():
+    """`chat_conversation(index, seed=0)` for tests that build their own rows."""
+    return chat_conversation
+
+
+@pytest.fixture
 def write_chats(tmp_path: Path):
     """Factory: write conversations (default `chat_conversation(0..n-1)`) as JSONL; returns the path."""
     import json
@@ -174,3 +180,91 @@ def data_settings(tmp_path: Path, tiny_llama_dir: Path):
         return load_recipe(path).settings
 
     return make
+
+
+# --- training runs through `finetune train` (test_distributed.py, test_tracking.py, test_resilience.py) ---
+
+
+@pytest.fixture(scope="session")
+def torch_extensions_dir() -> Path:
+    """Where DeepSpeed caches its JIT-compiled C++ ops (about a minute to build once; reused afterwards).
+
+    FINETUNE_TEST_TORCH_EXTENSIONS overrides; default ~/.cache/finetune/torch_extensions (kept across runs).
+    """
+    import os
+
+    path = Path(os.environ.get("FINETUNE_TEST_TORCH_EXTENSIONS", Path.home() / ".cache/finetune/torch_extensions"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def train_recipe(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Factory: a small QLoRA + DoRA recipe file for the tiny Llama on 64 short chats (fp32, unpacked).
+
+    `train_recipe(name, **keys)` -> path of `<tmp>/<name>/recipe.yml`; keys override the defaults, output_dir
+    is `<tmp>/<name>/out`. The data file and its prepared cache are shared by all recipes of the session.
+    """
+    import json
+
+    import yaml
+
+    shared = tmp_path_factory.mktemp("train-data")
+    data = shared / "chats.jsonl"
+    data.write_text("".join(json.dumps(chat_conversation(i)) + "\n" for i in range(64)), encoding="utf-8")
+
+    def make(name: str, **keys: Any) -> Path:
+        directory = tmp_path_factory.mktemp(name)
+        recipe = {
+            "base_model": str(tiny_llama_dir),
+            "load_in_4bit": True,
+            "adapter": "qlora",
+            "peft_use_dora": True,
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "lora_dropout": 0.0,
+            "lora_target_linear": True,
+            "chat_template": "llama3",
+            "datasets": [{"path": str(data), "type": "chat_template"}],
+            "dataset_prepared_path": str(shared / "prepared"),
+            "output_dir": str(directory / "out"),
+            "sequence_len": 128,
+            "micro_batch_size": 1,
+            "gradient_accumulation_steps": 4,
+            "max_steps": 4,
+            "optimizer": "adamw_torch",
+            "lr_scheduler": "constant",
+            "learning_rate": 0.001,
+            "bf16": False,
+            "logging_steps": 1,
+            "special_tokens": {"pad_token": "<|finetune_right_pad_id|>", "eos_token": "<|eot_id|>"},
+            **keys,
+        }
+        path = directory / "recipe.yml"
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def micro_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Path:
+    """An even smaller random Llama (hidden 32, one layer) with the Llama 3 tokenizer, for trainer tests."""
+    import shutil
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from finetune.tiny import tiny_llama_config
+
+    out = tmp_path_factory.mktemp("micro-llama")
+    config = tiny_llama_config(hidden_size=32, layers=1)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(1)
+    try:
+        LlamaForCausalLM(config).save_pretrained(out)
+    finally:
+        torch.random.set_rng_state(state)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama_dir / name, out / name)
+    return out

@@ -1,0 +1,385 @@
+"""`prepare_data`: recipe datasets -> tokenized, masked, packed, cached train/eval splits.
+
+Stages, in order (each drop is counted by reason in the summary):
+
+1. read every dataset and normalize its rows (readers, formats);
+2. dedup (when `dedup`): exact duplicate conversations, first occurrence kept;
+3. mix all datasets and shuffle with `seed`; the first `val_set_size` conversations
+   (a fraction, rounded up, or a count) form the eval split;
+4. tokenize + mask in batches, one render and one tokenization per conversation;
+5. drop samples with no trainable token; then samples longer than `sequence_len`
+   are dropped, truncated, or raise (`excess_length_strategy`);
+6. pack train (and eval when `packs_eval`) into rows of `sequence_len` tokens;
+7. save to `<dataset_prepared_path>/<fingerprint>/` atomically and load it back.
+
+A complete cache with the same fingerprint is reused unless `force`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finetune.config.settings import Settings
+from finetune.data import cache
+from finetune.data.formats import Sample, format_table, sample_key
+from finetune.data.pack import IGNORE_INDEX, Ragged, pack, packing_efficiency
+from finetune.data.readers import Origins, read_dataset
+from finetune.errors import DataError, RecipeError
+
+TOKENIZE_CHUNK = 2500  # conversations per encode call (each call also builds its token-length table)
+
+
+@dataclass(frozen=True)
+class PrepareSummary:
+    """What preprocessing did; every dropped conversation is counted under a reason."""
+
+    read: dict[str, int]  # dataset path -> conversations read
+    dropped: dict[str, int]  # reason -> count
+    truncated: int
+    train_samples: int
+    eval_samples: int
+    train_rows: int
+    eval_rows: int
+    tokens: int  # real tokens in the train split
+    trained_tokens: int  # train tokens with a label
+    eval_tokens: int
+    packing_efficiency: float | None  # train; None when not packed
+    sequence_len: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PrepareSummary":
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+    def format_table(self) -> str:
+        width = max([len(p) for p in self.read] + [len(r) for r in self.dropped] + [24])
+        lines = ["conversations read"]
+        lines += [f"  {path:<{width}} {count:>12,}" for path, count in self.read.items()]
+        lines.append("dropped")
+        lines += [f"  {reason:<{width}} {count:>12,}" for reason, count in self.dropped.items() if count]
+        if not any(self.dropped.values()):
+            lines.append(f"  {'(none)':<{width}} {0:>12,}")
+        lines.append(f"  {'truncated (kept)':<{width}} {self.truncated:>12,}")
+        share = self.trained_tokens / self.tokens if self.tokens else 0.0
+        rows = [
+            ("train samples", f"{self.train_samples:,}"),
+            ("train rows", f"{self.train_rows:,}"),
+            ("eval samples", f"{self.eval_samples:,}"),
+            ("eval rows", f"{self.eval_rows:,}"),
+            ("train tokens", f"{self.tokens:,}"),
+            ("trained tokens", f"{self.trained_tokens:,} ({share:.1%})"),
+            ("eval tokens", f"{self.eval_tokens:,}"),
+        ]
+        if self.packing_efficiency is not None:
+            rows.append((f"packing efficiency @{self.sequence_len}", f"{self.packing_efficiency:.2%}"))
+        rows.append(("seconds", f"{self.seconds:.1f}"))
+        lines += [f"{name:<{width + 2}} {value:>12}" for name, value in rows]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: Any  # datasets.Dataset
+    eval: Any  # datasets.Dataset | None
+    path: Path
+    summary: PrepareSummary
+    from_cache: bool
+
+
+def prepare_data(settings: Settings, tokenizer: Any, *, force: bool = False, progress: bool = True) -> PreparedData:
+    """Prepare (or load from cache) the recipe's train/eval splits. See the module doc."""
+    started = time.perf_counter()
+    template = _template(settings, tokenizer)
+    key = cache.fingerprint(settings, tokenizer, template.jinja_source if template is not None else "")
+    path = Path(settings.dataset_prepared_path) / key
+    if not force:
+        loaded = cache.load(path, key)
+        if loaded is not None:
+            splits, summary = loaded
+            return PreparedData(splits["train"], splits["eval"], path, PrepareSummary.from_dict(summary), True)
+
+    report = Progress(progress)
+    corpus = _read_all(settings, report)
+    dropped = {"empty": 0, "duplicate": 0, "no trainable tokens": 0, f"longer than {settings.sequence_len} tokens": 0}
+    corpus = corpus.without_empty(dropped)
+    if settings.dedup:
+        corpus = corpus.deduplicated(dropped)
+    corpus = corpus.take(np.random.default_rng(settings.seed).permutation(len(corpus)))
+    n_eval = eval_count(settings, len(corpus))
+    ids, labels = _tokenize(corpus, settings, tokenizer, template, report)
+    keep, truncated, ids, labels = _filter(ids, labels, corpus, settings, dropped)
+    is_eval = np.arange(len(corpus)) < n_eval
+    splits: dict[str, dict[str, Ragged] | None] = {}
+    stats: dict[str, Any] = {}
+    plan = (("train", keep & ~is_eval, settings.sample_packing), ("eval", keep & is_eval, settings.packs_eval))
+    for name, selected, packed in plan:
+        index = np.flatnonzero(selected)
+        if name == "eval" and n_eval == 0:
+            splits[name], stats[name] = None, (0, 0, 0, 0)
+            continue
+        split_ids, split_labels = ids.take(index), labels.take(index)
+        columns = _rows(split_ids, split_labels, packed, settings)
+        splits[name] = columns
+        trained = int(np.count_nonzero(columns["labels"].values != IGNORE_INDEX))
+        stats[name] = (len(index), len(columns["input_ids"]), len(split_ids.values), trained)
+    if stats["train"][0] == 0:
+        raise DataError(f"no training samples left after filtering; dropped: {_nonzero(dropped)}")
+    summary = PrepareSummary(
+        read=corpus.read_counts,
+        dropped=dropped,
+        truncated=truncated,
+        train_samples=stats["train"][0],
+        eval_samples=stats["eval"][0],
+        train_rows=stats["train"][1],
+        eval_rows=stats["eval"][1],
+        tokens=stats["train"][2],
+        trained_tokens=stats["train"][3],
+        eval_tokens=stats["eval"][2],
+        packing_efficiency=(
+            packing_efficiency(stats["train"][2], stats["train"][1], settings.sequence_len)
+            if settings.sample_packing
+            else None
+        ),
+        sequence_len=settings.sequence_len,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    report.stage("saving")
+    cache.save(path, key, splits, summary.to_dict())
+    loaded = cache.load(path, key)
+    if loaded is None:  # pragma: no cover - a concurrent writer replaced it mid-read
+        raise DataError(f"{path}: the prepared data vanished right after it was written; run again")
+    report.done()
+    return PreparedData(loaded[0]["train"], loaded[0]["eval"], path, summary, False)
+
+
+def eval_count(settings: Settings, total: int) -> int:
+    """Conversations for eval: ceil(fraction * total) for a fraction, or the count; RecipeError if none left."""
+    size = settings.val_set_size
+    if size == 0:
+        return 0
+    count = int(size) if size >= 1 else math.ceil(round(size * total, 6))
+    if count >= total:
+        raise RecipeError(
+            f"{settings.where('val_set_size')}: val_set_size {size:g} takes {count} of the {total} conversations, "
+            "leaving none to train on; lower it"
+        )
+    return count
+
+
+# --- corpus -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Normalized samples of all datasets, with where each came from (dataset index, row index)."""
+
+    samples: list[Sample]
+    dataset_index: np.ndarray
+    row_index: np.ndarray
+    origins: list[Origins]
+    read_counts: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def origin(self, index: int) -> str:
+        return self.origins[self.dataset_index[index]][int(self.row_index[index])]
+
+    def take(self, indices: np.ndarray) -> "Corpus":
+        return Corpus(
+            [self.samples[i] for i in indices.tolist()],
+            self.dataset_index[indices],
+            self.row_index[indices],
+            self.origins,
+            self.read_counts,
+        )
+
+    def without_empty(self, dropped: dict[str, int]) -> "Corpus":
+        keep = np.array([len(sample) > 0 for sample in self.samples], dtype=bool)
+        dropped["empty"] += int(np.count_nonzero(~keep))
+        return self if keep.all() else self.take(np.flatnonzero(keep))
+
+    def deduplicated(self, dropped: dict[str, int]) -> "Corpus":
+        seen: set[Any] = set()
+        keep = []
+        for index, sample in enumerate(self.samples):
+            key = sample_key(sample)
+            if key not in seen:
+                seen.add(key)
+                keep.append(index)
+        dropped["duplicate"] += len(self.samples) - len(keep)
+        return self.take(np.asarray(keep, dtype=np.int64))
+
+
+def _read_all(settings: Settings, report: "Progress") -> Corpus:
+    samples: list[Sample] = []
+    dataset_index: list[np.ndarray] = []
+    origins: list[Origins] = []
+    counts: dict[str, int] = {}
+    for index, dataset in enumerate(settings.datasets):
+        report.stage(f"reading {dataset.path}")
+        table = read_dataset(dataset)
+        formatted = format_table(table, dataset)
+        samples.extend(formatted)
+        dataset_index.append(np.full(len(formatted), index, dtype=np.int32))
+        origins.append(table.origins)
+        label = table.source if table.source not in counts else f"{table.source} (#{index + 1})"
+        counts[label] = len(formatted)
+    row_index = np.concatenate([np.arange(len(d), dtype=np.int64) for d in dataset_index])
+    return Corpus(samples, np.concatenate(dataset_index), row_index, origins, counts)
+
+
+# --- tokenize, filter, rows -------------------------------------------------------------------------
+
+
+def _template(settings: Settings, tokenizer: Any) -> Any:
+    from finetune.data.templates import resolve_template
+
+    if all(dataset.type == "completion" for dataset in settings.datasets):
+        return None
+    try:
+        return resolve_template(settings.chat_template, settings.chat_template_jinja, tokenizer)
+    except RecipeError as exc:
+        raise RecipeError(f"{settings.where('chat_template')}: {exc}") from None
+
+
+def _tokenize(
+    corpus: Corpus, settings: Settings, tokenizer: Any, template: Any, report: "Progress"
+) -> tuple[Ragged, Ragged]:
+    """Token ids and labels of every sample (same order), one batched call per dataset chunk."""
+    from finetune.data.tokenize import encode_completions, encode_conversations
+
+    encoded: list[Any] = [None] * len(corpus)
+    done = tokens = 0
+    for index, dataset in enumerate(settings.datasets):
+        positions = np.flatnonzero(corpus.dataset_index == index)
+        for start in range(0, len(positions), TOKENIZE_CHUNK):
+            chunk = positions[start : start + TOKENIZE_CHUNK].tolist()
+            samples = [corpus.samples[i] for i in chunk]
+            try:
+                if dataset.type == "completion":
+                    pairs = encode_completions(samples, tokenizer=tokenizer)
+                else:
+                    pairs = encode_conversations(
+                        samples,
+                        template=template,
+                        tokenizer=tokenizer,
+                        roles_to_train=dataset.roles_to_train,
+                        train_on_eos=dataset.train_on_eos,
+                        train_on_inputs=settings.train_on_inputs,
+                    )
+            except DataError as exc:
+                raise DataError(f"{_first_origin(corpus, chunk)} (or a later row of this batch): {exc}") from None
+            for i, pair in zip(chunk, pairs):
+                encoded[i] = pair
+                tokens += len(pair[0])
+            done += len(chunk)
+            report.update("tokenizing", done, len(corpus), tokens)
+    ids = Ragged.from_arrays([pair[0] for pair in encoded])
+    labels = Ragged.from_arrays([pair[1] for pair in encoded])
+    # The first label of a sample is never predicted (the model shifts labels); mask it so stored
+    # labels are exactly the trained tokens and packed samples never predict across a boundary.
+    labels.values[ids.offsets[:-1][ids.lengths > 0]] = IGNORE_INDEX
+    return ids, labels
+
+
+def _first_origin(corpus: Corpus, chunk: list[int]) -> str:
+    return corpus.origin(chunk[0]) if chunk else "<data>"
+
+
+def _filter(
+    ids: Ragged, labels: Ragged, corpus: Corpus, settings: Settings, dropped: dict[str, int]
+) -> tuple[np.ndarray, int, Ragged, Ragged]:
+    """(keep mask, truncated count, ids, labels) after the trainable and length rules."""
+    trainable = _trained_counts(labels) > 0
+    dropped["no trainable tokens"] += int(np.count_nonzero(~trainable))
+    too_long = trainable & (ids.lengths > settings.sequence_len)
+    count = int(np.count_nonzero(too_long))
+    truncated = 0
+    if count and settings.excess_length_strategy == "raise":
+        first = int(np.flatnonzero(too_long)[0])
+        raise DataError(
+            f"{corpus.origin(first)}: this sample is {int(ids.lengths[first]):,} tokens, longer than sequence_len "
+            f"{settings.sequence_len} ({count} samples are); raise sequence_len or set "
+            f"excess_length_strategy: drop or truncate ({settings.where('excess_length_strategy')})"
+        )
+    if count and settings.excess_length_strategy == "drop":
+        dropped[f"longer than {settings.sequence_len} tokens"] += count
+        return trainable & ~too_long, 0, ids, labels
+    if count:  # truncate
+        ids, labels = ids.truncated(settings.sequence_len), labels.truncated(settings.sequence_len)
+        still = _trained_counts(labels) > 0
+        lost = too_long & ~still
+        dropped["no trainable tokens after truncation"] = int(np.count_nonzero(lost))
+        truncated = count - int(np.count_nonzero(lost))
+        trainable &= still
+    return trainable, truncated, ids, labels
+
+
+def _trained_counts(labels: Ragged) -> np.ndarray:
+    cumulative = np.concatenate([[0], np.cumsum(labels.values != IGNORE_INDEX)])
+    return cumulative[labels.offsets[1:]] - cumulative[labels.offsets[:-1]]
+
+
+def _rows(ids: Ragged, labels: Ragged, packed: bool, settings: Settings) -> dict[str, Ragged]:
+    if not packed:
+        return {"input_ids": ids, "labels": labels}
+    rows = pack(ids, labels, settings.sequence_len, settings.seed)
+    return {
+        "input_ids": rows.input_ids,
+        "labels": rows.labels,
+        "position_ids": rows.position_ids,
+        "lengths": rows.sample_lengths,
+    }
+
+
+def _nonzero(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {count}" for reason, count in counts.items() if count) or "nothing"
+
+
+# --- progress ----------------------------------------------------------------------------------------
+
+
+class Progress:
+    """One rate-limited status line on stderr (overwritten in place on a terminal)."""
+
+    def __init__(self, enabled: bool, interval: float = 0.5) -> None:
+        self.enabled = enabled
+        self.interval = interval
+        self.tty = enabled and sys.stderr.isatty()
+        self.started = time.perf_counter()
+        self.last = 0.0
+        self.pending = False
+
+    def stage(self, text: str) -> None:
+        self._emit(text, force=True)
+
+    def update(self, what: str, done: int, total: int, tokens: int) -> None:
+        rate = tokens / max(time.perf_counter() - self.started, 1e-9)
+        self._emit(f"{what} {done:,}/{total:,} conversations ({rate:,.0f} tok/s)", force=done == total)
+
+    def done(self) -> None:
+        if self.enabled and self.tty and self.pending:
+            print(file=sys.stderr, flush=True)
+        self.pending = False
+
+    def _emit(self, text: str, *, force: bool) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self.last < self.interval):
+            return
+        self.last = now
+        if self.tty:
+            print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+            self.pending = True
+        else:
+            print(text, file=sys.stderr, flush=True)

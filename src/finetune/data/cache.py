@@ -1,0 +1,220 @@
+"""The prepared-data cache: a content fingerprint and atomic save/load.
+
+The fingerprint (sha256) covers everything that can change the prepared tokens:
+the data files' bytes (every file of a directory), the tokenizer (its full
+serialized form, special tokens, chat template source), every recipe setting that
+affects tokens, labels, packing or the split, and the code (finetune version, cache
+format and the source of the data modules). Editing a data file in place, even to
+the same size, therefore misses the cache.
+
+Layout: `<dataset_prepared_path>/<fingerprint>/{train,eval}/` (`datasets.save_to_disk`
+directories with integer list columns) + `summary.json` + `COMPLETE`. A build is
+written into a temporary sibling directory and moved into place with `os.replace`;
+`COMPLETE` (holding the fingerprint) is written last, and loading checks it, so a
+crashed or partial write is never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import finetune
+from finetune.config.settings import Settings
+from finetune.data.pack import Ragged
+from finetune.data.readers import dataset_path
+
+CACHE_FORMAT = 1
+MARKER = "COMPLETE"
+SUMMARY = "summary.json"
+SPLITS = ("train", "eval")
+# Modules whose code decides the prepared tokens; editing them invalidates caches.
+_CODE = ("readers.py", "formats.py", "templates.py", "tokenize.py", "pack.py", "build.py", "cache.py")
+
+
+def fingerprint(settings: Settings, tokenizer: Any, template_source: str) -> str:
+    """sha256 hex digest of data contents + tokenizer + token-affecting settings + code."""
+    digest = hashlib.sha256()
+
+    def part(name: str, value: Any) -> None:
+        blob = value if isinstance(value, bytes) else json.dumps(value, sort_keys=True, default=str).encode()
+        digest.update(f"{name}:{len(blob)}:".encode())
+        digest.update(blob)
+
+    part("code", _code_identity())
+    part("settings", token_settings(settings))
+    for index, dataset in enumerate(settings.datasets):
+        part(f"data{index}", file_digest(dataset_path(dataset)).encode())
+    part("tokenizer", tokenizer_identity(tokenizer))
+    part("template", template_source.encode())
+    return digest.hexdigest()
+
+
+def token_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting that changes the prepared rows (and nothing else)."""
+    return {
+        "datasets": [dataset.model_dump(mode="json") for dataset in settings.datasets],
+        "chat_template": settings.chat_template,
+        "chat_template_jinja": settings.chat_template_jinja,
+        "sequence_len": settings.sequence_len,
+        "excess_length_strategy": settings.excess_length_strategy,
+        "sample_packing": settings.sample_packing,
+        "eval_sample_packing": settings.packs_eval,
+        "train_on_inputs": settings.train_on_inputs,
+        "val_set_size": settings.val_set_size,
+        "dedup": settings.dedup,
+        "seed": settings.seed,
+        "special_tokens": settings.special_tokens.model_dump(mode="json"),
+    }
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, or of every file (relative path + bytes) under a directory."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(f"{file.relative_to(path).as_posix()}\0".encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def tokenizer_identity(tokenizer: Any) -> bytes:
+    """The tokenizer's serialized vocabulary/merges/normalizers plus its special tokens and template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    extra = {
+        "class": type(tokenizer).__name__,
+        "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "ids": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
+        "chat_template": getattr(tokenizer, "chat_template", None),
+    }
+    return hashlib.sha256(body.encode()).hexdigest().encode() + json.dumps(extra, sort_keys=True).encode()
+
+
+def _code_identity() -> dict[str, str]:
+    here = Path(__file__).parent
+    code = hashlib.sha256()
+    for name in _CODE:
+        file = here / name
+        code.update(file.read_bytes() if file.is_file() else b"")
+    return {"finetune": finetune.__version__, "format": str(CACHE_FORMAT), "code": code.hexdigest()}
+
+
+# --- save / load -------------------------------------------------------------------------------
+
+
+def to_dataset(columns: dict[str, Ragged]) -> Any:
+    """A `datasets.Dataset` of int32 list columns, built zero-copy from ragged arrays."""
+    import datasets
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    arrays = {}
+    for name, ragged in columns.items():
+        big = ragged.offsets[-1] >= 2**31
+        offsets = pa.array(ragged.offsets.astype(np.int64 if big else np.int32))
+        values = pa.array(ragged.values.astype(np.int32, copy=False))
+        cls = pa.LargeListArray if big else pa.ListArray
+        arrays[name] = cls.from_arrays(offsets, values)
+    return datasets.Dataset(InMemoryTable(pa.table(arrays)))
+
+
+def save(directory: Path, key: str, splits: dict[str, dict[str, Ragged] | None], summary: dict[str, Any]) -> None:
+    """Atomically write `directory` (= <prepared>/<key>): splits, summary.json, then the marker."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        with _quiet_datasets():
+            for name, columns in splits.items():
+                if columns is not None:
+                    to_dataset(columns).save_to_disk(str(tmp / name))
+        (tmp / SUMMARY).write_text(json.dumps({**summary, "fingerprint": key}, indent=2) + "\n", encoding="utf-8")
+        (tmp / MARKER).write_text(key + "\n", encoding="utf-8")
+        _replace_dir(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _remove_abandoned(directory.parent, key)
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No `datasets` progress bars while saving (our own progress line is enough); restored after."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move `src` to `dst`; an existing `dst` (forced rebuild, stale partial copy) is moved aside first."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".old-{dst.name[:16]}-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_abandoned(parent: Path, key: str) -> None:
+    """Delete temp dirs for `key` left by processes that no longer run (crashed builds)."""
+    for stale in parent.glob(f".tmp-{key[:16]}-*"):
+        try:
+            pid = int(stale.name.split("-")[2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue
+
+
+def is_complete(directory: Path, key: str) -> bool:
+    """True when `directory` holds a finished build whose marker and summary name `key`."""
+    try:
+        if (Path(directory) / MARKER).read_text(encoding="utf-8").strip() != key:
+            return False
+        return read_summary(directory).get("fingerprint") == key
+    except (OSError, ValueError):
+        return False
+
+
+def read_summary(directory: Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / SUMMARY).read_text(encoding="utf-8"))
+
+
+def load(directory: Path, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(`{"train": Dataset, "eval": Dataset | None}`, summary) of a complete build for `key`, else None."""
+    import datasets
+
+    directory = Path(directory)
+    if not is_complete(directory, key):
+        return None
+    splits: dict[str, Any] = {}
+    try:
+        for name in SPLITS:
+            split_dir = directory / name
+            splits[name] = datasets.load_from_disk(str(split_dir)) if split_dir.is_dir() else None
+        return splits, read_summary(directory)
+    except (OSError, ValueError):  # damaged after completion: rebuild rather than fail
+        return None

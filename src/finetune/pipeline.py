@@ -1,0 +1,32 @@
+"""The only place that joins the model side (tokenizer) with the data side."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from finetune.config.settings import Settings
+
+if TYPE_CHECKING:
+    from finetune.data.build import PreparedData
+
+
+def preprocess(settings: Settings, *, force: bool = False, show: int = 0, progress: bool = True) -> "PreparedData":
+    """Tokenize, mask and pack the recipe's data into its cache (reused when it matches); print a summary.
+
+    Prints the cache path, whether it was a cache hit, the summary table, and `show`
+    prepared train rows with trained tokens marked.
+    """
+    from finetune.data.build import prepare_data
+    from finetune.model.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(settings)
+    prepared = prepare_data(settings, tokenizer, force=force, progress=progress)
+    state = "reused (cache hit)" if prepared.from_cache else "built"
+    print(f"prepared data {state}: {prepared.path}")
+    print(prepared.summary.format_table())
+    if show:
+        from finetune.data.show import render_rows
+
+        print()
+        print(render_rows(prepared.train, tokenizer, show))
+    return prepared
