@@ -33,7 +33,7 @@ from finetune.data.pack import IGNORE_INDEX, Ragged, pack, packing_efficiency
 from finetune.data.readers import Origins, read_dataset
 from finetune.errors import DataError, RecipeError
 
-TOKENIZE_CHUNK = 2500  # conversations per encode call (each call also builds its token-length table)
+TOKENIZE_CHUNK = 1000  # conversations per encode call (one progress update each)
 
 
 @dataclass(frozen=True)
@@ -257,8 +257,9 @@ def _tokenize(
     corpus: Corpus, settings: Settings, tokenizer: Any, template: Any, report: "Progress"
 ) -> tuple[Ragged, Ragged]:
     """Token ids and labels of every sample (same order), one batched call per dataset chunk."""
-    from finetune.data.tokenize import encode_completions, encode_conversations
+    from finetune.data.tokenize import encode_completions, encode_conversations, token_length_table
 
+    token_lengths = token_length_table(tokenizer)
     encoded: list[Any] = [None] * len(corpus)
     done = tokens = 0
     for index, dataset in enumerate(settings.datasets):
@@ -277,6 +278,7 @@ def _tokenize(
                         roles_to_train=dataset.roles_to_train,
                         train_on_eos=dataset.train_on_eos,
                         train_on_inputs=settings.train_on_inputs,
+                        token_lengths=token_lengths,
                     )
             except DataError as exc:
                 raise DataError(f"{_first_origin(corpus, chunk)} (or a later row of this batch): {exc}") from None

@@ -180,8 +180,11 @@ def encode_conversations(
     train_on_eos: TrainOnEos = "turn",
     train_on_inputs: bool = False,
     batch_size: int = 1000,
+    token_lengths: np.ndarray | None = None,
 ) -> list[Example]:
     """Encode conversations to ``(input_ids, labels)`` int64 arrays, one pair per conversation.
+
+    ``token_lengths`` (from :func:`token_length_table`) saves rebuilding the table on every call.
 
     Each conversation is rendered once; each batch of ``batch_size`` texts is
     tokenized in one call. A conversation with nothing to train (e.g. user-only)
@@ -193,7 +196,7 @@ def encode_conversations(
         raise RecipeError(f"roles_to_train must be a list of roles, got the string {roles_to_train!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    lengths = byte_level_token_lengths(tokenizer) if _backend_usable(tokenizer) else None
+    lengths = token_lengths if token_lengths is not None else token_length_table(tokenizer)
     out: list[Example] = []
     for chunk in _chunks(conversations, batch_size):
         rendered = template.render_batch(chunk)
@@ -206,6 +209,11 @@ def encode_conversations(
             spans = trained_spans(rend, roles, roles_to_train, train_on_eos)
             out.append((ids, labels_from_spans(ids, starts, spans)))
     return out
+
+
+def token_length_table(tokenizer: Any) -> np.ndarray | None:
+    """Byte length of every token when the fast byte-level route applies, else None (use offsets)."""
+    return byte_level_token_lengths(tokenizer) if _backend_usable(tokenizer) else None
 
 
 def encode_conversation(messages: Sequence[Message], **kwargs: Any) -> Example:

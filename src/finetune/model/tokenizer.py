@@ -20,13 +20,16 @@ class SpecialTokenReport:
 
 def load_tokenizer(settings: Settings) -> Any:
     """The recipe's tokenizer (fast), with special tokens applied. Raises RecipeError naming the recipe line."""
-    from transformers import AutoTokenizer
-
     name = settings.tokenizer_config or settings.base_model
     key = "tokenizer_config" if settings.tokenizer_config else "base_model"
     _require_local_or_cached(name, settings.where(key), key)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=settings.trust_remote_code)
+        if _is_plain_fast_tokenizer(name):
+            # The generic fast class needs no torch import (AutoTokenizer pulls in ~3 s of it).
+            from transformers import PreTrainedTokenizerFast as TokenizerClass
+        else:
+            from transformers import AutoTokenizer as TokenizerClass
+        tokenizer = TokenizerClass.from_pretrained(name, trust_remote_code=settings.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise RecipeError(f"{settings.where(key)}: cannot load the tokenizer from `{name}`: {exc}") from None
     if not getattr(tokenizer, "is_fast", False):
@@ -53,6 +56,20 @@ def apply_special_tokens(tokenizer: Any, tokens: SpecialTokens) -> SpecialTokenR
     if tokens.additional_special_tokens:
         tokenizer.add_special_tokens({"additional_special_tokens": list(tokens.additional_special_tokens)})
     return SpecialTokenReport(assigned=assigned, new_tokens=new)
+
+
+def _is_plain_fast_tokenizer(name: str) -> bool:
+    """True for a local tokenizer that declares the generic fast class (Llama 3 does)."""
+    import json
+
+    config = Path(name).expanduser() / "tokenizer_config.json"
+    if not config.is_file() or not (config.parent / "tokenizer.json").is_file():
+        return False
+    try:
+        declared = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, ValueError):
+        return False
+    return declared in ("PreTrainedTokenizerFast", "TokenizersBackend")
 
 
 def _require_local_or_cached(name: str, where: str, key: str) -> None:
