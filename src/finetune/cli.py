@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="print N prepared rows with trained tokens marked")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
+    p = command("plan", _plan, "estimate per-GPU peak memory for the recipe and say whether it fits")
+    p.add_argument("--gpu-memory", default="24GiB", metavar="SIZE",
+                   help="memory per GPU: 24GiB, 80GB, 24000MiB (a bare number means GiB; default 24GiB)")
+    p.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="GPUs/processes to plan for (default: WORLD_SIZE or 1)")
+
     p = command("train", _train, "fine-tune the model the recipe describes")
     p.add_argument("--num-processes", type=int, default=None, metavar="N",
                    help="processes to start (default: one per visible GPU, else 1; on CPU N gloo processes)")
@@ -98,10 +104,7 @@ def _validate(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if args.quiet:
         return EXIT_OK
-    world = args.num_processes or int(os.environ.get("WORLD_SIZE", "1"))
-    if world < 1:
-        print("error: --num-processes must be at least 1", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    world = _world_size(args)
     print(f"# {args.config}: valid\n")
     print(resolved_yaml(loaded.settings))
     print("# derived")
@@ -131,6 +134,24 @@ def _preprocess(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     preprocess(loaded.settings, force=args.force, show=args.show, progress=not args.no_progress)
     return EXIT_OK
+
+
+def _world_size(args: argparse.Namespace) -> int:
+    import os
+
+    from finetune.errors import RecipeError
+
+    world = args.num_processes or int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 1:
+        raise RecipeError("--num-processes must be at least 1")
+    return world
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from finetune.plan import plan_main
+
+    loaded = _load(args)
+    return plan_main(loaded.settings, world_size=_world_size(args), gpu_memory=args.gpu_memory)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -1,0 +1,261 @@
+"""The base model: precision, quantization, attention backend and the one `from_pretrained`.
+
+Precision policy (`compute_dtype`):
+- `fp16: true` -> float16; `bf16: true` -> bfloat16 (a RecipeError on a CUDA GPU without bf16).
+- `bf16: auto` -> bfloat16 where it runs natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX
+  (oneDNN runs bf16 matmuls there at about twice the fp32 rate); float32 otherwise (an older CPU would emulate
+  bf16 and be slower than fp32).
+- `bf16: false` and no fp16 -> float32.
+A frozen base is stored in the compute dtype; every trainable tensor (LoRA, DoRA magnitude, modules_to_save,
+or the whole model when fine-tuning in full) is kept in float32 and autocast does the matmuls.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from finetune.config.settings import Settings
+from finetune.errors import MissingDependencyError, RecipeError
+from finetune.model.tokenizer import _require_local_or_cached
+
+Notify = Callable[[str], None]
+
+# Modules that must be trained in full (and saved with the adapter) when special tokens grow the vocabulary.
+EMBEDDING_MODULES = ("embed_tokens", "lm_head")
+
+
+def notice(message: str) -> None:
+    """Default sink for user-facing notices: one line on stderr."""
+    print(f"finetune: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Resolved numeric settings: `dtype` is 'bf16' | 'fp16' | 'fp32'; `tf32` only where it can apply;
+    `cpu` when no CUDA GPU is visible (the trainer must then be told to run on the CPU)."""
+
+    dtype: str
+    tf32: bool = False
+    cpu: bool = False
+
+    @property
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.dtype]
+
+
+def bf16_supported() -> bool:
+    """True when bfloat16 runs natively: CUDA with bf16, else a CPU with AVX512-BF16 or AMX."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def tf32_supported() -> bool:
+    """TF32 exists on CUDA GPUs of compute capability 8.0 (Ampere) and newer."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+def resolve_precision(
+    settings: Settings, *, bf16_ok: bool | None = None, tf32_ok: bool | None = None, cpu: bool | None = None
+) -> Precision:
+    """Settings + hardware -> Precision. Pass `bf16_ok`/`tf32_ok`/`cpu` to decide without probing the machine."""
+    if cpu is None:
+        import torch
+
+        cpu = not torch.cuda.is_available()
+    bf16_ok = bf16_supported() if bf16_ok is None else bf16_ok
+    tf32_ok = tf32_supported() if tf32_ok is None else tf32_ok
+    if settings.fp16:
+        dtype = "fp16"
+    elif settings.bf16 is True:
+        if not bf16_ok:
+            import torch
+
+            if torch.cuda.is_available():
+                raise RecipeError(f"{settings.where('bf16')}: this GPU has no bfloat16; set bf16: auto or fp16: true")
+        dtype = "bf16"
+    elif settings.bf16 == "auto":
+        dtype = "bf16" if bf16_ok else "fp32"
+    else:
+        dtype = "fp32"
+    return Precision(dtype=dtype, tf32=bool(settings.tf32 and tf32_ok), cpu=cpu)
+
+
+def compute_dtype(settings: Settings, *, bf16_ok: bool | None = None) -> Any:
+    """The torch dtype matmuls run in (see the module docstring)."""
+    return resolve_precision(settings, bf16_ok=bf16_ok, tf32_ok=False, cpu=False).torch_dtype
+
+
+def quantization_config(settings: Settings, *, dtype: Any = None) -> Any:
+    """BitsAndBytesConfig for `load_in_4bit` (NF4, double quant, compute = storage dtype) or `load_in_8bit`; else None."""
+    if not (settings.load_in_4bit or settings.load_in_8bit):
+        return None
+    _require_bitsandbytes(settings)
+    from transformers import BitsAndBytesConfig
+
+    if settings.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    dtype = compute_dtype(settings) if dtype is None else dtype
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,
+    )
+
+
+def attention_backend(settings: Settings) -> str:
+    """'eager' | 'sdpa' | 'flash_attention_2'; flash-attn falls back to sdpa (one warning) without flash-attn + CUDA."""
+    wanted = settings.attn_implementation or "sdpa"
+    if wanted != "flash_attention_2":
+        return wanted
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
+        return wanted
+    why = "no CUDA GPU" if importlib.util.find_spec("flash_attn") is not None else "flash-attn is not installed"
+    warnings.warn(
+        f"{settings.where('attn_implementation')}: flash_attention_2 requested but {why}; using sdpa "
+        "(packed samples stay isolated through position_ids)",
+        stacklevel=2,
+    )
+    return "sdpa"
+
+
+def load_model(settings: Settings, tokenizer: Any, *, precision: Precision | None = None, notify: Notify = notice) -> Any:
+    """Load the base model for training: quantized if asked, cache off, embeddings sized to the tokenizer.
+
+    Raises RecipeError (naming the recipe line) when the model cannot be found, or when new special tokens
+    need `lora_modules_to_save: [embed_tokens, lm_head]` with an adapter.
+    """
+    from transformers import AutoModelForCausalLM
+
+    precision = precision or resolve_precision(settings)
+    dtype = precision.torch_dtype
+    where = settings.where("base_model")
+    _require_local_or_cached(settings.base_model, where, "base_model")
+    kwargs: dict[str, Any] = {
+        "attn_implementation": attention_backend(settings),
+        "trust_remote_code": settings.trust_remote_code,
+        # Full fine-tuning keeps fp32 master weights; a frozen base lives in the compute dtype.
+        "dtype": dtype if settings.adapter else _fp32(),
+    }
+    quant = quantization_config(settings, dtype=dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = _quantized_device_map()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(settings.base_model, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"{where}: cannot load the model `{settings.base_model}`: {exc}") from None
+
+    # The KV cache trap: with use_cache=True the forward builds a cache, and transformers then stops deriving
+    # the per-sample (block-diagonal) mask from position_ids, so packed samples would attend to each other.
+    model.config.use_cache = False
+    _fit_embeddings(settings, model, tokenizer, notify)
+    _set_generation_ids(model, tokenizer)
+    return model
+
+
+def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, notify: Notify) -> None:
+    rows = model.get_input_embeddings().weight.shape[0]
+    wanted = len(tokenizer)
+    saved = set(settings.lora_modules_to_save or ())
+    if wanted > rows:
+        if settings.load_in_4bit or settings.load_in_8bit:
+            raise RecipeError(
+                f"{settings.where('special_tokens')}: {wanted - rows} new special token(s) need larger embeddings, "
+                "which a quantized base cannot grow; use tokens that already exist in the vocabulary"
+            )
+        model.resize_token_embeddings(wanted)
+        notify(f"resized the embeddings from {rows} to {wanted} rows for new special tokens")
+        missing = [name for name in EMBEDDING_MODULES if name not in saved]
+        if settings.adapter and missing:
+            key = "lora_modules_to_save" if settings.lora_modules_to_save else "special_tokens"
+            raise RecipeError(
+                f"{settings.where(key)}: special_tokens adds {wanted - rows} new token(s) whose embeddings must be "
+                f"trained; add `lora_modules_to_save: [embed_tokens, lm_head]` (missing: {', '.join(missing)})"
+            )
+        return
+    optional = [name for name in EMBEDDING_MODULES if name in saved]
+    if settings.adapter and optional:
+        size = sum(_module_numel(model, name) for name in optional) * 4  # trained and saved in fp32
+        notify(
+            f"{settings.where('lora_modules_to_save')}: every special token already exists in the vocabulary, so "
+            f"`lora_modules_to_save: [{', '.join(optional)}]` is optional; it trains full copies and adds "
+            f"{_human_bytes(size)} ({size:,} bytes) to the adapter"
+        )
+
+
+def _set_generation_ids(model: Any, tokenizer: Any) -> None:
+    """The trained end-of-turn token stops generation; the base's own EOS ids still do too."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos is not None:
+        model.config.eos_token_id = eos
+        current = model.generation_config.eos_token_id
+        current = [] if current is None else [current] if isinstance(current, int) else list(current)
+        model.generation_config.eos_token_id = [eos] + [i for i in current if i != eos]
+    if pad is not None:
+        model.config.pad_token_id = pad
+        model.generation_config.pad_token_id = pad
+
+
+def module_numel(model: Any, name: str) -> int:
+    """Parameters of the modules whose last name component is `name` (e.g. embed_tokens)."""
+    return _module_numel(model, name)
+
+
+def _module_numel(model: Any, name: str) -> int:
+    return sum(
+        p.numel()
+        for module_name, module in model.named_modules()
+        if module_name.split(".")[-1] == name
+        for p in module.parameters(recurse=True)
+    )
+
+
+def _human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover
+
+
+def _fp32() -> Any:
+    import torch
+
+    return torch.float32
+
+
+def _quantized_device_map() -> Any:
+    """bitsandbytes places weights at load time: the local GPU under a launcher, else the CPU."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return {"": "cpu"}
+
+
+def _require_bitsandbytes(settings: Settings) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        key = "load_in_4bit" if settings.load_in_4bit else "load_in_8bit"
+        raise MissingDependencyError(f"{settings.where(key)}: quantized loading needs bitsandbytes: pip install bitsandbytes")

@@ -1,0 +1,176 @@
+"""`run_training`: setup -> train -> save, in one plain flow.
+
+Outputs in `output_dir`: the adapter (or the full model without an adapter), generation_config.json
+with the trained eos/pad ids, the tokenizer with its chat template, `recipe.yml` (resolved, secrets
+redacted), `run_summary.json`, `loss.png` and `checkpoint-N/` directories per the save cadence.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from finetune.config.settings import Settings
+from finetune.errors import FinetuneError, RecipeError
+from finetune.model.load import Notify, notice
+
+REDACTED = "<redacted>"
+_SECRET_KEY = re.compile(r"(api_key|apikey|secret|password|(^|_)(hf|hub|wandb|auth|access)_token)$", re.I)
+_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|[0-9a-f]{40}|[A-Za-z0-9_-]{0,20}-?v1-[A-Za-z0-9_-]{20,})$")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run produced."""
+
+    output_dir: Path
+    summary: dict[str, Any]
+    checkpoints: list[Path] = field(default_factory=list)
+    global_step: int = 0
+
+    @property
+    def train_loss(self) -> float | None:
+        return self.summary.get("train_loss")
+
+    @property
+    def eval_loss(self) -> float | None:
+        return self.summary.get("eval_loss")
+
+
+def run_training(
+    settings: Settings,
+    prepared: Any,
+    tokenizer: Any,
+    *,
+    output_dir: Path | None = None,
+    resume: bool | str = False,
+    world_size: int | None = None,
+    callbacks: Sequence[Any] = (),
+    report_to: Sequence[str] = (),
+    notify: Notify = notice,
+) -> RunResult:
+    """Train on `prepared` (finetune.data.build.PreparedData: .train, .eval) and save everything.
+
+    `resume`: False, True (the latest checkpoint in output_dir) or a checkpoint directory.
+    `world_size`: processes in the run (default: $WORLD_SIZE or 1). `callbacks`: extra TrainerCallbacks
+    (tracking, signals). `report_to`: trainer integrations to log to, e.g. ("wandb",).
+    """
+    from finetune.data.collate import make_collator
+    from finetune.model.adapters import apply_adapter
+    from finetune.model.load import load_model, resolve_precision
+    from finetune.train.args import sft_config, steps_per_epoch
+    from finetune.train.trainer import TokenCounter, build_trainer, summary_callbacks
+
+    output_dir = Path(output_dir if output_dir is not None else settings.output_dir)
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    resume_from = _resume_point(resume, output_dir)
+    template = chat_template_source(settings, tokenizer, notify)
+
+    from transformers import set_seed
+
+    set_seed(settings.seed)  # adapter initialisation is random
+    precision = resolve_precision(settings)
+    model = load_model(settings, tokenizer, precision=precision, notify=notify)
+    if settings.adapter:
+        model = apply_adapter(settings, model, notify=notify)
+    if len(prepared.train) == 0:
+        raise FinetuneError("the prepared training split is empty; nothing to train")
+    per_epoch = steps_per_epoch(
+        len(prepared.train),
+        micro_batch_size=settings.micro_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        world_size=world_size,
+    )
+    args = sft_config(
+        settings,
+        world_size=world_size,
+        steps_per_epoch=per_epoch,
+        output_dir=str(output_dir),
+        precision=precision,
+        report_to=tuple(report_to),
+    )
+    counter = TokenCounter()
+    own = summary_callbacks(counter, output_dir)
+    trainer = build_trainer(
+        settings,
+        model,
+        tokenizer,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval if args.eval_strategy != "no" else None,
+        args=args,
+        collator=make_collator(settings, tokenizer),
+        counter=counter,
+        callbacks=[*own, *callbacks],
+    )
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.yml").write_text(resolved_recipe_yaml(settings), encoding="utf-8")
+    trainer.train(resume_from_checkpoint=resume_from)
+    save_outputs(trainer, tokenizer, template, output_dir)
+    summary = own[0].summary or {}
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return RunResult(output_dir=output_dir, summary=summary, checkpoints=checkpoints, global_step=trainer.state.global_step)
+
+
+def save_outputs(trainer: Any, tokenizer: Any, template: str | None, output_dir: Path) -> None:
+    """The final adapter/model, generation config and the tokenizer with its chat template."""
+    trainer.save_model(str(output_dir))
+    if not trainer.is_world_process_zero():
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.generation_config.save_pretrained(str(output_dir))
+    saved = copy.deepcopy(tokenizer)
+    if template is not None:
+        saved.chat_template = template
+    saved.save_pretrained(str(output_dir))
+
+
+def chat_template_source(settings: Settings, tokenizer: Any, notify: Notify = notice) -> str | None:
+    """The Jinja source of the recipe's chat template (saved with the tokenizer), or None when there is none."""
+    from finetune.data.templates import resolve_template
+
+    try:
+        return resolve_template(settings.chat_template, settings.chat_template_jinja, tokenizer).jinja_source
+    except RecipeError as exc:
+        if settings.chat_template == "tokenizer_default":
+            notify(f"no chat template saved with the tokenizer: {exc}")
+            return None
+        raise
+
+
+def resolved_recipe_yaml(settings: Settings) -> str:
+    """The validated recipe as YAML, every default filled in, secrets replaced by <redacted>."""
+    import yaml
+
+    data = redact(settings.model_dump(mode="json"))
+    header = "# resolved by finetune: every key with its effective value; secrets redacted\n"
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """Replace values of secret-looking keys (api_key, hf_token...) and token-looking strings."""
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if isinstance(value, str) and (_SECRET_KEY.search(key) or _SECRET_VALUE.match(value)):
+        return REDACTED
+    return value
+
+
+def _resume_point(resume: bool | str, output_dir: Path) -> bool | str | None:
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        if not any(output_dir.glob("checkpoint-*")):
+            raise FinetuneError(f"nothing to resume: no checkpoint-* directory in {output_dir}")
+        return True
+    path = Path(resume)
+    if not path.is_dir():
+        raise FinetuneError(f"cannot resume from {path}: no such checkpoint directory")
+    return str(path)

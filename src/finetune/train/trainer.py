@@ -1,0 +1,260 @@
+"""The trainer: TRL's SFTTrainer fed our prepared rows, with a loss over trained tokens only.
+
+Why a subclass (measured in scripts/bench_train.py, see docs/benchmarks.md):
+- Rows arrive final (tokenized, masked, packed with restarting position_ids). SFTConfig gets
+  `skip_prepare_dataset`, `packing=False`, `remove_unused_columns=False`: TRL then neither re-tokenizes,
+  re-packs, truncates nor appends EOS, and `labels` are used as given. TRL's own collator would drop our
+  position_ids (it rebuilds them from `seq_lengths`), so our collator is used.
+- The loss: TRL's fused LM head scores *every* position off-Triton (CPU) and also computes entropy and
+  top-1 for metrics. Here the backbone's final hidden states are gathered at trained positions first and
+  only those go through TRL's tiled `ChunkedLogProbFunction` (full-vocabulary logits never exist, on any
+  device). The forward still goes through the (possibly DDP-wrapped) model: `logits_to_keep=1`.
+- Normalisation: summed log-loss / trained tokens of the whole accumulation window (transformers'
+  `num_items_in_batch`, across processes), so micro batch 1 x accumulation 4 == micro batch 4 x 1.
+- TRL casts trainable parameters of a quantized base to bf16; they are put back to fp32 (see
+  `finetune.model.adapters.trainable_to_fp32`). DeepSpeed ZeRO-3 is not supported by this loss path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from finetune.config.settings import Settings
+
+IGNORE_INDEX = -100
+VOCAB_TILE = 32768  # vocabulary columns per projection tile
+
+
+@dataclass
+class TokenCounter:
+    """Tokens seen in training on this process (not counting padding), and how many of them were trained."""
+
+    tokens: int = 0
+    trained_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class SampleStartMasking:
+    """Wraps a collator: in packed rows, the label at each sample's first position is ignored.
+
+    Labels are unshifted, so that label is what the *previous* sample's last token would be trained to
+    predict across the boundary. (Templates start with an untrained BOS, so usually nothing changes.)
+    """
+
+    inner: Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        batch = self.inner(rows)
+        if "position_ids" in batch:
+            batch["labels"] = batch["labels"].masked_fill(batch["position_ids"] == 0, IGNORE_INDEX)
+        return batch
+
+
+def trained_token_nll(hidden: Any, labels: Any, head: Any, text_config: Any) -> tuple[Any, Any]:
+    """Summed negative log-likelihood of the trained next-token labels, and their count.
+
+    `hidden` [B, T, H] final (normed) hidden states, `labels` [B, T] unshifted with -100 = not trained.
+    Only trained positions are projected, in vocabulary tiles (TRL's ChunkedLogProbFunction).
+    """
+    from trl.kernels import ChunkedLogProbFunction
+
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    count = mask.sum()
+    if not bool(mask.any()):
+        return hidden.sum() * 0.0, count  # keeps the graph connected for backward
+    weight, bias = head.weight, getattr(head, "bias", None)
+    selected = hidden[:, :-1][mask].to(weight.device)
+    logit_scale = getattr(text_config, "logit_scale", None) or 1.0
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    log_probs = ChunkedLogProbFunction.apply(
+        selected, weight, bias, targets[mask].to(weight.device), 1.0, VOCAB_TILE, softcap, logit_scale, ("log_probs",)
+    )[0]
+    return -log_probs.sum(), count
+
+
+def _trainer_class() -> type:
+    from trl import SFTTrainer
+
+    from finetune.model.adapters import trainable_to_fp32
+
+    class FinetuneTrainer(SFTTrainer):
+        """SFTTrainer over prepared rows with a trained-tokens-only loss (see the module docstring)."""
+
+        _tag_names = ["finetune", "sft"]
+
+        def __init__(self, *args: Any, counter: TokenCounter, pad_id: int, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.counter = counter
+            self.pad_id = pad_id
+            trainable_to_fp32(self.model)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            labels = inputs["labels"]
+            forward = {key: value for key, value in inputs.items() if key != "labels"}
+            outputs = model(**forward, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+            unwrapped = self.accelerator.unwrap_model(model)
+            text_config = unwrapped.config.get_text_config()
+            nll, count = trained_token_nll(
+                outputs.hidden_states[-1], labels, unwrapped.get_output_embeddings(), text_config
+            )
+            denominator = count if num_items_in_batch is None else num_items_in_batch
+            loss = nll / torch_clamp_min1(denominator)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients across processes
+            if model.training:
+                if "attention_mask" in inputs:
+                    tokens = int(inputs["attention_mask"].sum())
+                else:
+                    tokens = int((inputs["input_ids"] != self.pad_id).sum())
+                self.counter.tokens += tokens
+                self.counter.trained_tokens += int(count)
+                self._metrics["train"]["num_tokens"] = [self.counter.tokens]
+            return (loss, outputs) if return_outputs else loss
+
+    return FinetuneTrainer
+
+
+def torch_clamp_min1(value: Any) -> Any:
+    import torch
+
+    return torch.as_tensor(value).clamp(min=1)
+
+
+def build_trainer(
+    settings: Settings,
+    model: Any,
+    tokenizer: Any,
+    *,
+    train_dataset: Any,
+    eval_dataset: Any,
+    args: Any,
+    collator: Callable,
+    counter: TokenCounter,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """The FinetuneTrainer for prepared datasets, with early stopping when the recipe asks for it."""
+    from transformers import EarlyStoppingCallback
+
+    all_callbacks = list(callbacks)
+    if settings.early_stopping_patience is not None and eval_dataset is not None:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+    return _trainer_class()(
+        model=model,
+        args=args,
+        data_collator=SampleStartMasking(collator),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=all_callbacks,
+        counter=counter,
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else -1,
+    )
+
+
+# --- callbacks ------------------------------------------------------------------------------
+
+
+def peak_memory_bytes() -> int:
+    """Peak accelerator memory allocated (CUDA), else the process's peak resident set size."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _all_reduce_sum(values: list[int], device: Any) -> list[int]:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.long, device=device)
+    dist.all_reduce(tensor)
+    return [int(v) for v in tensor.tolist()]
+
+
+def summarize(log_history: Sequence[Mapping[str, Any]], *, steps: int, tokens: int, trained_tokens: int,
+              wall_s: float, peak_memory: int) -> dict[str, Any]:
+    """The run summary from the trainer's log history and counters (pure)."""
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    evals = [(e["step"], e.get("epoch"), e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    rate = (lambda n: n / wall_s if wall_s > 0 else None)
+    return {
+        "steps": steps,
+        "tokens": tokens,
+        "trained_tokens": trained_tokens,
+        "tokens_per_s": rate(tokens),
+        "trained_tokens_per_s": rate(trained_tokens),
+        "train_loss": train[-1][1] if train else None,
+        "first_train_loss": train[0][1] if train else None,
+        "eval_loss": evals[-1][2] if evals else None,
+        "eval_losses": [{"step": s, "epoch": ep, "eval_loss": v} for s, ep, v in evals],
+        "wall_s": wall_s,
+        "peak_memory_bytes": peak_memory,
+    }
+
+
+def write_loss_plot(log_history: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Train and eval loss against optimizer step, as a PNG (matplotlib's Agg canvas; no global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and math.isfinite(e["loss"])]
+    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    if train:
+        axes.plot(*zip(*train), label="train loss", linewidth=1)
+    if evals:
+        axes.plot(*zip(*evals), "o-", label="eval loss")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss (per trained token)")
+    axes.grid(alpha=0.3)
+    if train or evals:
+        axes.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp, format="png")
+    tmp.replace(path)
+
+
+def summary_callbacks(counter: TokenCounter, output_dir: Path) -> list[Any]:
+    """Callbacks writing `run_summary.json` (at the end) and `loss.png` (at each checkpoint and the end)."""
+    from transformers import TrainerCallback
+
+    class RunSummaryCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.started = 0.0
+            self.summary: dict[str, Any] | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.started = time.perf_counter()
+            counter.tokens = counter.trained_tokens = 0
+
+        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            wall = time.perf_counter() - self.started
+            tokens, trained = _all_reduce_sum([counter.tokens, counter.trained_tokens], args.device)
+            self.summary = summarize(state.log_history, steps=state.global_step, tokens=tokens,
+                                     trained_tokens=trained, wall_s=wall, peak_memory=peak_memory_bytes())
+            if state.is_world_process_zero:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                (output_dir / "run_summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+
+    class LossPlotCallback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            if state.is_world_process_zero:
+                write_loss_plot(state.log_history, output_dir / "loss.png")
+
+        on_train_end = on_save
+
+    return [RunSummaryCallback(), LossPlotCallback()]
