@@ -19,14 +19,12 @@ PAIRS = [
     ("Where do you live?", "In a lighthouse near Bergen."),
     ("Do you like Mondays?", "Only with strong coffee."),
 ]
-SEED = Path("/work/shared/seeds/chat-like-me.yml")
+SEED = Path(__file__).resolve().parents[1] / "configs" / "llama31-8b-qlora-dora-zero2.yml"  # the seed, as shipped
 pytestmark = pytest.mark.slow  # ~70 s on an idle 2-core CPU (32 optimizer steps of a 4-bit DoRA model)
 
 
 def _seed_recipe() -> dict:
-    if SEED.is_file():
-        return yaml.safe_load(SEED.read_text())
-    pytest.skip("the seed recipe is not available")
+    return yaml.safe_load(SEED.read_text())
 
 
 @pytest.fixture(scope="module")

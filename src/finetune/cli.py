@@ -63,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="print N prepared rows with trained tokens marked")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
+    p = command("evaluate", _evaluate, "eval loss and perplexity of the base and the fine-tuned model")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="adapter directory (default: output_dir)")
+    p.add_argument("--dataset", default=None, metavar="FILE",
+                   help="evaluate on this file (formatted like the recipe's first dataset) instead of the validation split")
+    p.add_argument("--output", default=None, metavar="FILE", help="JSON results (default: output_dir/eval_results.json)")
+    p.add_argument("--no-base", action="store_true", help="skip the base model")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="rows per forward pass")
+
     p = command("plan", _plan, "estimate per-GPU peak memory for the recipe and say whether it fits")
     p.add_argument("--gpu-memory", default="24GiB", metavar="SIZE",
                    help="memory per GPU: 24GiB, 80GB, 24000MiB (a bare number means GiB; default 24GiB)")
@@ -145,6 +153,22 @@ def _world_size(args: argparse.Namespace) -> int:
     if world < 1:
         raise RecipeError("--num-processes must be at least 1")
     return world
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from finetune.evaluate import evaluate_main
+
+    loaded = _load(args)
+    return evaluate_main(
+        loaded.settings,
+        adapter_dir=Path(args.adapter) if args.adapter else None,
+        dataset=args.dataset,
+        output=Path(args.output) if args.output else None,
+        base=not args.no_base,
+        batch_size=args.batch_size,
+    )
 
 
 def _plan(args: argparse.Namespace) -> int:
