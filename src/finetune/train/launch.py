@@ -1,0 +1,235 @@
+"""`finetune train`: how many processes, how they are started, and which DeepSpeed config they use.
+
+Flow of `main_train` (the CLI calls it once per machine):
+
+1. load the recipe (errors surface before any process starts) and resolve its `deepspeed` path;
+2. decide what to do with `output_dir` once, here (`resilience.plan_output_dir`): resume from the latest
+   checkpoint, start over, or refuse to overwrite a finished run;
+3. decide the process count: `--num-processes N`, else one per visible CUDA GPU, else 1;
+4. one process on one machine: run the worker in this process. Otherwise re-launch through torchrun
+   (`python -m torch.distributed.run ... -m finetune.train.worker ...`); each worker loads the recipe file
+   and overrides again, so no pickled settings cross process boundaries. On CPU the workers talk over gloo.
+
+Inside a launched process (LOCAL_RANK / WORLD_SIZE set, e.g. by your own torchrun or SLURM script)
+`main_train` never re-launches: it runs the worker directly.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from finetune.config.settings import Settings
+from finetune.errors import FinetuneError, RecipeError
+
+BUNDLED_DEEPSPEED = ("zero1.json", "zero2.json", "zero2_offload.json", "zero3.json")
+DEFAULT_MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where this launch sits: processes per machine, machines, this machine's rank, the rendezvous point."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def needs_launcher(self) -> bool:
+        return self.world_size > 1
+
+
+def visible_cuda_devices() -> int:
+    """CUDA GPUs this process can see (honours CUDA_VISIBLE_DEVICES); 0 without CUDA."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def decide_num_processes(requested: int | None, cuda_devices: int) -> int:
+    """`requested` when given (>= 1), else one per visible CUDA GPU, else 1 (CPU)."""
+    if requested is not None:
+        if requested < 1:
+            raise FinetuneError(f"--num-processes must be at least 1 (got {requested})")
+        return requested
+    return max(cuda_devices, 1)
+
+
+def in_launched_process(environ: Mapping[str, str]) -> bool:
+    """True inside a process started by torchrun / deepspeed / accelerate / SLURM scripts (rank env set)."""
+    return "LOCAL_RANK" in environ or "WORLD_SIZE" in environ
+
+
+def make_topology(
+    nproc_per_node: int,
+    *,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+) -> Topology:
+    """A checked Topology; several machines need `master_addr` (the rank-0 machine, reachable from all)."""
+    if nnodes < 1:
+        raise FinetuneError(f"--nnodes must be at least 1 (got {nnodes})")
+    if not 0 <= node_rank < nnodes:
+        raise FinetuneError(f"--node-rank must be in 0..{nnodes - 1} (got {node_rank})")
+    if nnodes > 1 and not master_addr:
+        raise FinetuneError("several machines (--nnodes > 1) need --master-addr: the address of the node-rank-0 machine")
+    if master_port is not None and not 0 < master_port < 65536:
+        raise FinetuneError(f"--master-port must be a TCP port (got {master_port})")
+    return Topology(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+
+
+def worker_args(
+    recipe_path: str | Path,
+    overrides: Sequence[str],
+    *,
+    resume_from: Path | None,
+    force_preprocess: bool = False,
+) -> list[str]:
+    """The worker's command-line arguments (see `finetune.train.worker.parse_args`)."""
+    args = [str(recipe_path)]
+    for override in overrides:
+        args += ["--set", override]
+    if resume_from is not None:
+        args += ["--resume-from", str(resume_from)]
+    if force_preprocess:
+        args.append("--force-preprocess")
+    return args
+
+
+def torchrun_command(topology: Topology, args: Sequence[str], *, python: str | None = None) -> list[str]:
+    """`python -m torch.distributed.run ... -m finetune.train.worker ARGS` for this machine.
+
+    One machine: `--standalone` (a free local rendezvous port, nothing to configure) unless a master port
+    is given. Several: static rendezvous at master_addr:master_port with --node-rank.
+    """
+    cmd = [python or sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={topology.nproc_per_node}"]
+    if topology.nnodes == 1 and topology.master_addr is None and topology.master_port is None:
+        cmd.append("--standalone")
+    else:
+        cmd += [f"--nnodes={topology.nnodes}", f"--node_rank={topology.node_rank}"]
+        cmd.append(f"--master_addr={topology.master_addr or '127.0.0.1'}")
+        cmd.append(f"--master_port={topology.master_port or DEFAULT_MASTER_PORT}")
+    return cmd + ["-m", "finetune.train.worker", *args]
+
+
+# --- DeepSpeed configs ----------------------------------------------------------------------------
+
+
+def bundled_deepspeed_dir() -> Path:
+    """The repository's `deepspeed_configs/` (editable install), else `<prefix>/share/finetune/deepspeed_configs`."""
+    import finetune
+
+    candidates = [
+        Path(finetune.__file__).resolve().parents[2] / "deepspeed_configs",
+        Path(sys.prefix) / "share" / "finetune" / "deepspeed_configs",
+    ]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    return candidates[0]
+
+
+def resolve_deepspeed(settings: Settings, *, bundled: Path | None = None) -> tuple[Path | None, str | None]:
+    """The DeepSpeed JSON to use and a notice when a bundled config stands in for a missing path.
+
+    An existing path is used as is. A missing path whose file name is a bundled config (the Axolotl
+    seed's `/path/to/deepspeed_configs/zero2.json`) resolves to ours, with a notice. Anything else is a
+    RecipeError pointing at the recipe line.
+    """
+    if settings.deepspeed is None:
+        return None, None
+    given = Path(settings.deepspeed).expanduser()
+    if given.is_file():
+        return given.resolve(), None
+    where = settings.where("deepspeed")
+    if given.exists():
+        raise RecipeError(f"{where}: deepspeed `{settings.deepspeed}` is not a file; expected a DeepSpeed JSON config")
+    directory = bundled or bundled_deepspeed_dir()
+    if given.name in BUNDLED_DEEPSPEED and (directory / given.name).is_file():
+        path = (directory / given.name).resolve()
+        return path, f"{where}: deepspeed `{settings.deepspeed}` does not exist; using the bundled {path}"
+    known = ", ".join(BUNDLED_DEEPSPEED)
+    raise RecipeError(f"{where}: deepspeed `{settings.deepspeed}`: no such file (bundled configs: {known})")
+
+
+# --- entry point for the CLI ---------------------------------------------------------------------
+
+
+def main_train(
+    recipe_path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    num_processes: int | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    force_preprocess: bool = False,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+) -> int:
+    """`finetune train`: plan output_dir, then run the worker here or under torchrun. Returns an exit code.
+
+    Exit codes: 0 done; 128 + signal number when SIGINT/SIGTERM stopped it after saving a checkpoint
+    (run again to resume); otherwise the failing worker's code. FinetuneError propagates to the CLI.
+    """
+    from finetune.config import load_recipe
+    from finetune.train import resilience, worker
+
+    settings = load_recipe(recipe_path, overrides).settings
+    _, ds_notice = resolve_deepspeed(settings)  # fail before starting anything; workers resolve again
+    launched = in_launched_process(os.environ)
+    plan = resilience.plan_output_dir(
+        Path(settings.output_dir), resume=resume, overwrite=overwrite,
+        clean=not launched or os.environ.get("RANK", "0") == "0",  # one process deletes stale checkpoints
+    )
+    if not launched or os.environ.get("RANK", "0") == "0":
+        for line in filter(None, (ds_notice, *plan.messages)):
+            print(f"finetune: {line}", file=sys.stderr, flush=True)
+
+    args = worker_args(recipe_path, overrides, resume_from=plan.resume_from, force_preprocess=force_preprocess)
+    if launched:
+        return worker.main(args)
+    nproc = decide_num_processes(num_processes, visible_cuda_devices())
+    topology = make_topology(nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port)
+    if not topology.needs_launcher:
+        return worker.main(args)
+    cmd = torchrun_command(topology, args)
+    print(f"finetune: starting {topology.world_size} processes ({nproc} here): {shlex.join(cmd)}",
+          file=sys.stderr, flush=True)
+    return run_launcher(cmd)
+
+
+def run_launcher(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    """Run torchrun and wait. SIGTERM is forwarded to it (torchrun passes it on to the workers, which save
+    a checkpoint); SIGINT from a terminal already reaches the whole process group, so it is ignored here.
+    Returns 128 + signal number after a signal, else torchrun's exit code."""
+    received: list[int] = []
+    process = subprocess.Popen(list(cmd), env=dict(env) if env is not None else None)
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        if signum == signal.SIGTERM and process.poll() is None:
+            process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + received[0] if received else code

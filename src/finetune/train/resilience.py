@@ -1,0 +1,265 @@
+"""Runs that survive being stopped: resume, no silent overwrite, checkpoint on SIGINT/SIGTERM, no leaked secrets.
+
+- `plan_output_dir`: run again on an output_dir with checkpoints -> resume from the latest complete one
+  (`--no-resume` starts over and removes them); a finished run (run_summary.json) is kept unless
+  `--overwrite`.
+- `catch_signals` + `stop_on_signal_callback`: the first SIGINT/SIGTERM asks the trainer to save a
+  checkpoint at the end of the current optimizer step and stop; `TrainingInterrupted` then carries the
+  checkpoint out of the run (so no final adapter or run_summary.json is written and the next run resumes).
+  Handlers are installed only inside the `with` block and the previous ones restored.
+- `redact_config` / `SecretFilter`: W&B and Hugging Face tokens never reach saved recipes, W&B or logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from finetune.errors import FinetuneError
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+FINISHED_MARKERS = ("run_summary.json",)
+SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN")
+REDACTED = "<redacted>"
+DUPLICATE_SIGNAL_S = 1.0  # torchrun forwards a terminal's SIGINT that the workers already got
+
+
+# --- output_dir: resume / overwrite ------------------------------------------------------------
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete `checkpoint-N` directories (trainer_state.json written, which the Trainer does last), by step."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = CHECKPOINT.match(path.name)
+        if match and path.is_dir() and _complete(path):
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def finished_marker(output_dir: Path) -> Path | None:
+    """The file saying output_dir holds a finished run, or None."""
+    for name in FINISHED_MARKERS:
+        if (Path(output_dir) / name).is_file():
+            return Path(output_dir) / name
+    return None
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """What `finetune train` does with output_dir: resume from a checkpoint (or start fresh), and why."""
+
+    resume_from: Path | None
+    messages: list[str] = field(default_factory=list)
+    remove: list[Path] = field(default_factory=list)
+
+
+def decide_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> OutputPlan:
+    """Pure decision over output_dir's contents (nothing is changed); see `plan_output_dir`."""
+    output_dir = Path(output_dir)
+    stale = sorted(p for p in output_dir.glob("checkpoint-*") if CHECKPOINT.match(p.name) and p.is_dir())
+    marker = finished_marker(output_dir)
+    if marker is not None:
+        if not overwrite:
+            raise FinetuneError(
+                f"{output_dir} already holds a finished run ({marker.name}); pass --overwrite to train again "
+                "into it, or set another output_dir (e.g. --set output_dir=...)"
+            )
+        return OutputPlan(None, [f"--overwrite: replacing the finished run in {output_dir}"], [*stale, marker])
+    latest = latest_checkpoint(output_dir)
+    if latest is None:
+        if stale:  # only incomplete checkpoints, e.g. killed while saving the first one
+            return OutputPlan(None, [f"ignoring incomplete checkpoints in {output_dir}; starting from step 0"], stale)
+        return OutputPlan(None)
+    if not resume:
+        return OutputPlan(None, [f"--no-resume: removing {len(stale)} checkpoint(s) in {output_dir}; starting over"], stale)
+    return OutputPlan(
+        latest,
+        [f"resuming from {latest} (step {CHECKPOINT.match(latest.name).group(1)}); pass --no-resume to start over"],
+    )
+
+
+def plan_output_dir(output_dir: Path, *, resume: bool, overwrite: bool, clean: bool = True) -> OutputPlan:
+    """`decide_output_dir`, then (with `clean`) remove what it marked stale: checkpoints of a run being
+    started over, and the finished marker of a run being overwritten. Only one process should clean."""
+    plan = decide_output_dir(output_dir, resume=resume, overwrite=overwrite)
+    if clean:
+        for path in plan.remove:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    return plan
+
+
+# --- signals -----------------------------------------------------------------------------------
+
+
+class TrainingInterrupted(FinetuneError):
+    """SIGINT/SIGTERM stopped training after a checkpoint was saved; running again resumes from it."""
+
+    def __init__(self, signum: int, checkpoint: Path | None, step: int) -> None:
+        self.signum, self.checkpoint, self.step = signum, checkpoint, step
+        name = signal.Signals(signum).name
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint could be saved"
+        super().__init__(f"stopped by {name} at step {step}; {where}. Run the same command again to resume.")
+        self.exit_code = 128 + signum
+
+
+@dataclass
+class SignalFlag:
+    """The first stop signal received (set by the handler, read by the callback)."""
+
+    signum: int | None = None
+    received_at: float = 0.0
+
+    def handle(self, signum: int, frame: object) -> None:
+        now = time.monotonic()
+        if self.signum is None:
+            self.signum, self.received_at = signum, now
+            print(
+                f"\nfinetune: {signal.Signals(signum).name} received: saving a checkpoint at the end of this step, "
+                "then stopping (send it again to stop at once)",
+                file=sys.stderr, flush=True,
+            )
+        elif now - self.received_at > DUPLICATE_SIGNAL_S:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def catch_signals(flag: SignalFlag, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[SignalFlag]:
+    """Route `signals` to `flag` inside the block (main thread only); the previous handlers come back after."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {sig: signal.signal(sig, flag.handle) for sig in signals}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_on_signal_callback(flag: SignalFlag) -> Any:
+    """TrainerCallback: once `flag` is set (on any process), save a checkpoint at the step's end, then raise
+    TrainingInterrupted. With several processes the flag is agreed on by all-reduce so all save together."""
+    from transformers import TrainerCallback
+
+    class StopOnSignal(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            signum = _agree(flag.signum or 0, args.device)
+            if signum:
+                flag.signum = flag.signum or signum
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            if flag.signum:
+                checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                raise TrainingInterrupted(flag.signum, checkpoint if checkpoint.is_dir() else None, state.global_step)
+
+    return StopOnSignal()
+
+
+def _agree(value: int, device: Any) -> int:
+    """The maximum of `value` over all processes (itself without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    import torch
+
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    tensor = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def known_secrets(environ: Mapping[str, str]) -> list[str]:
+    """Token values set in the environment (W&B, Hugging Face), longest first."""
+    values = {environ[name] for name in SECRET_ENV if len(environ.get(name, "")) >= 8}
+    return sorted(values, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def redact_config(data: Any, secrets: Sequence[str] = ()) -> Any:
+    """A recipe dict with secret-looking keys and token-looking values redacted (see run.redact), and any
+    known secret value removed from every string."""
+    from finetune.train.run import redact
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return scrub(value, secrets) if isinstance(value, str) else value
+
+    return walk(redact(data))
+
+
+class SecretFilter(logging.Filter):
+    """Rewrites log records so known secret values never reach a handler."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = list(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            cleaned = scrub(message, self.secrets)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+        return True
+
+
+@contextmanager
+def secrets_filtered(secrets: Sequence[str], logger_names: Sequence[str] = ("", "transformers", "finetune")) -> Iterator[None]:
+    """Install a SecretFilter on the handlers of `logger_names` for the block."""
+    if not secrets:
+        yield
+        return
+    secret_filter = SecretFilter(secrets)
+    handlers = {h for name in logger_names for h in logging.getLogger(name).handlers}
+    for handler in handlers:
+        handler.addFilter(secret_filter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(secret_filter)

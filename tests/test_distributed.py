@@ -1,0 +1,143 @@
+"""`finetune train` as a user runs it (a subprocess): DeepSpeed ZeRO-2 on 2 CPU processes, kill -9 + resume, SIGTERM.
+
+Same global batch across world sizes: the trainer shuffles rows with a seeded sampler whose permutation does
+not depend on the world size, and accelerate deals *micro batches* round-robin to the processes (rank r gets
+micro batches r, r + N, ...). With micro batch 1, 2 processes x accumulation 2 therefore see rows {0, 1, 2, 3}
+of the permutation in their first optimizer step, exactly as 1 process x accumulation 4 does; the loss is
+normalised by the trained tokens of the whole window across processes, so the gradients are equal too.
+LoRA dropout is 0 in that comparison: dropout masks come from per-process RNG streams.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _env(torch_extensions_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(TORCH_EXTENSIONS_DIR=str(torch_extensions_dir), HF_HUB_OFFLINE="1", WANDB_MODE="disabled",
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+def _train(recipe: Path, *args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "finetune", "train", str(recipe), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{cmd} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done
+
+
+def _output_dir(recipe: Path) -> Path:
+    return recipe.parent / "out"
+
+
+def _step_losses(checkpoint: Path) -> list[float]:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def _adapter(output_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(output_dir / "adapter_model.safetensors"))
+
+
+def _assert_same_adapter(a: dict, b: dict, atol: float) -> None:
+    import torch
+
+    assert a.keys() == b.keys() and a
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def test_zero2_on_two_cpu_processes_matches_one_process(train_recipe, torch_extensions_dir):
+    common = dict(max_steps=4, save_steps=4)
+    single = train_recipe("single", gradient_accumulation_steps=4, **common)
+    # The seed's path: missing on disk, so the bundled deepspeed_configs/zero2.json is used.
+    double = train_recipe("zero2", gradient_accumulation_steps=2, deepspeed="/path/to/deepspeed_configs/zero2.json", **common)
+    env = _env(torch_extensions_dir)
+
+    _train(single, env=env)
+    done = _train(double, "--num-processes", "2", env=env)
+
+    assert "using the bundled" in done.stderr and "zero2.json" in done.stderr
+    assert "starting 2 processes" in done.stderr
+    one = _step_losses(_output_dir(single) / "checkpoint-4")
+    two = _step_losses(_output_dir(double) / "checkpoint-4")
+    assert len(one) == len(two) == 4
+    assert two == pytest.approx(one, rel=1e-5, abs=1e-6)
+    assert one[0] != one[-1]  # it did train
+    _assert_same_adapter(_adapter(_output_dir(single)), _adapter(_output_dir(double)), atol=1e-5)
+    recipe_saved = (_output_dir(double) / "recipe.yml").read_text()
+    assert "deepspeed_configs/zero2.json" in recipe_saved and "/path/to/" not in recipe_saved
+
+
+def _wait_for(predicate, process: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"training ended ({process.returncode}) before {what}:\n{out[-2000:]}\n{err[-4000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_kill_9_then_rerun_resumes_to_the_same_adapter(train_recipe, torch_extensions_dir):
+    # Dropout > 0: the same result needs the RNG state restored from the checkpoint, not only the weights.
+    keys = dict(max_steps=8, save_steps=1, lora_dropout=0.2, gradient_accumulation_steps=2)
+    reference = train_recipe("uninterrupted", **keys)
+    killed = train_recipe("killed", **keys)
+    env = _env(torch_extensions_dir)
+    _train(reference, env=env)
+
+    out = _output_dir(killed)
+    process = subprocess.Popen([sys.executable, "-m", "finetune", "train", str(killed)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (out / "checkpoint-3" / "trainer_state.json").is_file(), process, 300, "checkpoint-3")
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "run_summary.json").exists(), "the run finished before it could be killed"
+
+    done = _train(killed, env=env)
+    assert "resuming from" in done.stderr
+    assert json.loads((out / "run_summary.json").read_text())["steps"] == 8
+    assert _step_losses(out / "checkpoint-8")[-1] == pytest.approx(
+        _step_losses(_output_dir(reference) / "checkpoint-8")[-1], rel=1e-5)
+    _assert_same_adapter(_adapter(_output_dir(reference)), _adapter(out), atol=1e-6)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(train_recipe, torch_extensions_dir):
+    recipe = train_recipe("sigterm", max_steps=200, gradient_accumulation_steps=1)  # no save cadence
+    out = _output_dir(recipe)
+    process = subprocess.Popen([sys.executable, "-m", "finetune", "train", str(recipe)], env=_env(torch_extensions_dir),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Training has started once the first trainer state exists in memory; the first logged step shows on stdout.
+    line = ""
+    while "'loss'" not in line:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            pytest.fail(f"training ended before its first step:\n{process.stderr.read()[-4000:]}")
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "stopped by SIGTERM" in stderr and "Run the same command again to resume" in stderr
+    checkpoints = list(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / "trainer_state.json").is_file()
+    step = json.loads((checkpoints[0] / "trainer_state.json").read_text())["global_step"]
+    assert 1 <= step < 200
+    assert not (out / "run_summary.json").exists()  # not a finished run: the next `finetune train` resumes
