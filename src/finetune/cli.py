@@ -63,6 +63,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="print N prepared rows with trained tokens marked")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
+    p = command("chat", _chat, "talk to the trained model (base + adapter) with its saved chat template")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="adapter directory (default: output_dir)")
+    p.add_argument("--prompt", default=None, help="answer this one prompt and exit")
+    p.add_argument("--file", default=None, metavar="JSONL",
+                   help='rows {"prompt": ...} or {"messages": [...]}; answers written as JSONL')
+    p.add_argument("--output", default=None, metavar="FILE", help="write the --file answers here (default: stdout)")
+    p.add_argument("--base-only", action="store_true", help="answer with the base model alone, to compare")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="longest answer in tokens")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+
+    p = command("merge", _merge, "merge the adapter into the base: a standalone model in sharded safetensors")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="adapter directory (default: output_dir)")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write the model (default: output_dir/merged)")
+    p.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16", help="dtype of the merged weights")
+    p.add_argument("--max-shard-size", default="2GB", metavar="SIZE", help="largest shard file (2GB, 500MB, 1GiB)")
+
     p = command("evaluate", _evaluate, "eval loss and perplexity of the base and the fine-tuned model")
     p.add_argument("--adapter", default=None, metavar="DIR", help="adapter directory (default: output_dir)")
     p.add_argument("--dataset", default=None, metavar="FILE",
@@ -153,6 +172,38 @@ def _world_size(args: argparse.Namespace) -> int:
     if world < 1:
         raise RecipeError("--num-processes must be at least 1")
     return world
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from finetune.chat import chat_main
+
+    return chat_main(
+        _load(args).settings,
+        adapter_dir=args.adapter,
+        prompt=args.prompt,
+        file=args.file,
+        output=args.output,
+        base_only=args.base_only,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        system=args.system,
+    )
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from finetune.merge import merge_adapter
+
+    out = merge_adapter(
+        _load(args).settings,
+        adapter_dir=args.adapter,
+        out_dir=args.out,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+    )
+    print(f"merged model: {out}")
+    return EXIT_OK
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ redacted), `run_summary.json`, `loss.png` and `checkpoint-N/` directories per th
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -111,7 +112,12 @@ def run_training(
         (output_dir / "recipe.yml").write_text(resolved_recipe_yaml(settings), encoding="utf-8")
     trainer.train(resume_from_checkpoint=resume_from)
     save_outputs(trainer, tokenizer, template, output_dir)
-    summary = own[0].summary or {}
+    summary = dict(own[0].summary or {})
+    efficiency = getattr(getattr(prepared, "summary", None), "packing_efficiency", None)
+    if efficiency is not None:
+        summary["packing_efficiency"] = efficiency
+    if trainer.is_world_process_zero():  # written last: a run_summary.json means the run finished
+        (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return RunResult(output_dir=output_dir, summary=summary, checkpoints=checkpoints, global_step=trainer.state.global_step)
 

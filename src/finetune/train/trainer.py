@@ -115,6 +115,7 @@ def _trainer_class() -> type:
                 self.counter.tokens += tokens
                 self.counter.trained_tokens += int(count)
                 self._metrics["train"]["num_tokens"] = [self.counter.tokens]
+                self._metrics["train"]["num_trained_tokens"] = [self.counter.trained_tokens]
             return (loss, outputs) if return_outputs else loss
 
     return FinetuneTrainer
@@ -229,7 +230,7 @@ def write_loss_plot(log_history: Sequence[Mapping[str, Any]], path: Path) -> Non
 
 
 def summary_callbacks(counter: TokenCounter, output_dir: Path) -> list[Any]:
-    """Callbacks writing `run_summary.json` (at the end) and `loss.png` (at each checkpoint and the end)."""
+    """Callbacks computing the run summary (at the end) and writing `loss.png` (at each checkpoint and the end)."""
     from transformers import TrainerCallback
 
     class RunSummaryCallback(TrainerCallback):
@@ -246,9 +247,7 @@ def summary_callbacks(counter: TokenCounter, output_dir: Path) -> list[Any]:
             tokens, trained = _all_reduce_sum([counter.tokens, counter.trained_tokens], args.device)
             self.summary = summarize(state.log_history, steps=state.global_step, tokens=tokens,
                                      trained_tokens=trained, wall_s=wall, peak_memory=peak_memory_bytes())
-            if state.is_world_process_zero:
-                output_dir.mkdir(parents=True, exist_ok=True)
-                (output_dir / "run_summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+            # run_training writes it after the adapter is saved: its presence means "finished".
 
     class LossPlotCallback(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):  # noqa: ANN001

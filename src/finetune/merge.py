@@ -1,0 +1,555 @@
+"""`finetune merge`: fold a trained LoRA/DoRA adapter into its base, tensor by tensor, into sharded safetensors.
+
+The merge never builds the model. It streams the base checkpoint one tensor at a time
+(`safetensors.safe_open`), applies the adapter to that tensor in float32, casts it to the
+output dtype and writes it straight into the shard file (our own streaming safetensors
+writer: the header is planned from the shapes first, so no shard is ever assembled in
+memory). Peak memory is about one base tensor in float32 plus its LoRA factors, whatever
+the model size: merging an 8B model needs a few GiB, not 32.
+
+Per tensor (peft's own formulas, `peft/tuners/lora/layer.py` and `dora.py`):
+- LoRA:  W' = W + s * B @ A, with s = alpha / r, or alpha / sqrt(r) with rsLoRA (alpha from
+  `alpha_pattern` where it matches; r is read from the tensor shapes, so `rank_pattern` works).
+- DoRA:  W' = m * (W + s B A) / ||W + s B A||, the norm taken per output row (dim=1), as
+  peft's `DoraLinearLayer.get_weight_norm`.
+- `modules_to_save` copies (saved under the base's own key) replace the base tensor; they may
+  have more rows than the base (embeddings resized for new tokens): `vocab_size` follows.
+- Tied embeddings that the adapter changes are untied (`lm_head.weight` is written).
+
+QLoRA (`load_in_4bit`): the adapter was trained against the NF4-quantized base, not the
+original weights. So every weight that transformers quantizes at load time (each nn.Linear
+except the output embedding and the config's skip list) is first put through the same NF4
+round trip: cast to the training compute dtype, `bitsandbytes.functional.quantize_4bit`
+(nf4, blocksize 64, double quantization) then `dequantize_4bit`; the LoRA/DoRA delta is
+applied to those de-quantized weights. This is bit-identical to the weights the 4-bit
+model computed with during training, and needs no GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import sys
+import weakref
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+from finetune.config.settings import Settings
+from finetune.errors import FinetuneError, MissingDependencyError, RecipeError
+
+ADAPTER_PREFIX = "base_model.model."
+NF4_BLOCKSIZE = 64  # bitsandbytes' Params4bit default, which `load_in_4bit` uses
+TRAIN_HINT = "run `finetune train` first or pass --adapter DIR"
+INDEX_FILE = "model.safetensors.index.json"
+MergeDtype = Literal["bf16", "fp16", "fp32"]
+_FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+
+
+def _notice(message: str) -> None:
+    print(f"finetune: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class MergeMonitor:
+    """Counts the tensors the merge holds at once (read from disk, or made and not yet written).
+
+    Each tensor is registered when it is made and released when Python frees it (a weakref
+    finalizer), so `peak` and `peak_bytes` are exact counts, not timing-dependent measurements.
+    """
+
+    live: int = 0
+    live_bytes: int = 0
+    peak: int = 0
+    peak_bytes: int = 0
+    read: int = 0
+    written: int = 0
+
+    def hold(self, tensor: Any) -> Any:
+        size = tensor.numel() * tensor.element_size()
+        self.live += 1
+        self.live_bytes += size
+        self.peak = max(self.peak, self.live)
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        weakref.finalize(tensor, self._release, size)
+        return tensor
+
+    def _release(self, size: int) -> None:
+        self.live -= 1
+        self.live_bytes -= size
+
+
+@dataclass
+class _Lora:
+    """The adapter tensors of one adapted module (adapter keys)."""
+
+    A: Optional[str] = None
+    B: Optional[str] = None
+    magnitude: Optional[str] = None
+    embedding: bool = False
+
+
+@dataclass
+class _Plan:
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)  # out key -> ("base"|"adapter", key)
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    codes: dict[str, str] = field(default_factory=dict)  # out key -> safetensors dtype code
+    loras: dict[str, _Lora] = field(default_factory=dict)  # module path -> its factors
+    quantized: set[str] = field(default_factory=set)
+    conv1d: set[str] = field(default_factory=set)  # weights stored (in, out): GPT-2 style Conv1D
+    vocab_size: Optional[int] = None
+    untied: bool = False
+
+
+# --- locating the run's pieces ----------------------------------------------------------------
+
+
+def resolve_adapter_dir(settings: Settings, adapter_dir: str | Path | None = None) -> Path:
+    """The adapter directory (default: `output_dir`); FinetuneError with a hint when it holds no adapter."""
+    path = Path(adapter_dir if adapter_dir is not None else settings.output_dir).expanduser()
+    origin = "--adapter" if adapter_dir is not None else f"output_dir ({settings.where('output_dir')})"
+    if not path.is_dir():
+        raise FinetuneError(f"no adapter at {path} ({origin}): the directory does not exist; {TRAIN_HINT}")
+    if not (path / "adapter_config.json").is_file():
+        checkpoints = sorted(path.glob("checkpoint-*/adapter_config.json"), key=lambda p: _step(p.parent.name))
+        latest = f"; the latest checkpoint is {checkpoints[-1].parent} (--adapter it)" if checkpoints else ""
+        raise FinetuneError(f"no adapter in {path} ({origin}): adapter_config.json is missing{latest}; {TRAIN_HINT}")
+    return path
+
+
+def _step(name: str) -> int:
+    tail = name.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else -1
+
+
+def base_model_dir(settings: Settings) -> Path:
+    """The local directory of `base_model` (a path, or a hub id already in the cache); RecipeError otherwise."""
+    from finetune.model.tokenizer import _require_local_or_cached
+
+    where = settings.where("base_model")
+    _require_local_or_cached(settings.base_model, where, "base_model")
+    path = Path(settings.base_model).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(settings.base_model, local_files_only=True))
+    except Exception as exc:  # LocalEntryNotFoundError, HFValidationError, ...
+        raise RecipeError(
+            f"{where}: base_model `{settings.base_model}` is not a local directory nor in the Hugging Face cache "
+            f"({type(exc).__name__}); download it first or point base_model at a local directory"
+        ) from None
+
+
+def load_run_tokenizer(settings: Settings, adapter_dir: Path | None, notify: Callable[[str], None] = _notice) -> Any:
+    """The tokenizer saved with the run (chat template, trained eos/pad); else the recipe's, with its template."""
+    from transformers import AutoTokenizer
+
+    if adapter_dir is not None and (Path(adapter_dir) / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(adapter_dir)
+    from finetune.data.templates import resolve_template
+    from finetune.model.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(settings)
+    template = resolve_template(settings.chat_template, settings.chat_template_jinja, tokenizer)
+    tokenizer.chat_template = template.jinja_source
+    if adapter_dir is not None:
+        notify(f"{adapter_dir} holds no tokenizer; using the recipe's tokenizer and chat template")
+    return tokenizer
+
+
+def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    if config.get("peft_type", "LORA") != "LORA":
+        raise FinetuneError(f"{adapter_dir}: only LoRA/DoRA adapters can be merged (peft_type {config['peft_type']})")
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise FinetuneError(f"{adapter_dir}: adapter_model.safetensors is missing; {TRAIN_HINT}")
+    return config
+
+
+# --- the merge ----------------------------------------------------------------------------------
+
+
+def merge_adapter(
+    settings: Settings,
+    *,
+    adapter_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    dtype: MergeDtype = "bf16",
+    max_shard_size: int | str = "2GB",
+    quant_dtype: Any = None,
+    monitor: MergeMonitor | None = None,
+    notify: Callable[[str], None] = _notice,
+) -> Path:
+    """Merge the run's adapter into the base and write a standalone model to `out_dir` (default `output_dir/merged`).
+
+    Writes sharded safetensors (`model.safetensors.index.json` + shards of at most `max_shard_size`
+    bytes, one tensor never split), config.json, generation_config.json (eos = the trained end-of-turn
+    id then the base's eos ids; pad = the trained pad), and the run's tokenizer with its chat template.
+    For QLoRA the adapter is merged into the de-quantized NF4 base, i.e. what it was trained against
+    (see the module docstring); `quant_dtype` is the dtype the 4-bit base was loaded in during
+    training (default: the recipe's compute dtype on this machine). `dtype="fp32"` exists for checks.
+    """
+    import torch
+    from safetensors import safe_open
+
+    if settings.adapter is None:
+        raise FinetuneError(
+            f"{settings.where('adapter')}: nothing to merge: the recipe trains the full model (adapter unset); "
+            f"{settings.output_dir} already holds a complete model"
+        )
+    out_torch = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(dtype)
+    if out_torch is None:
+        raise FinetuneError(f"--dtype {dtype}: expected bf16 or fp16")
+    shard_bytes = parse_size(max_shard_size)
+    adapter_dir = resolve_adapter_dir(settings, adapter_dir)
+    out_dir = Path(out_dir) if out_dir is not None else Path(settings.output_dir) / "merged"
+    base_dir = base_model_dir(settings)
+    adapter_config = read_adapter_config(adapter_dir)
+    tokenizer = load_run_tokenizer(settings, adapter_dir, notify)
+    base_config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    base_files = _base_weight_files(base_dir, settings)
+    monitor = monitor or MergeMonitor()
+    if settings.load_in_4bit:
+        _require_bitsandbytes(settings)
+        if quant_dtype is None:
+            from finetune.model.load import compute_dtype
+
+            quant_dtype = compute_dtype(settings)
+
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with ExitStack() as stack:
+            handles: dict[Path, Any] = {}
+
+            def base_file(key: str) -> Any:
+                path = base_files[key]
+                if path not in handles:
+                    handles[path] = stack.enter_context(safe_open(str(path), framework="pt"))
+                return handles[path]
+
+            adapter = stack.enter_context(safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt"))
+            plan = _plan(settings, base_config, base_files, base_file, adapter, adapter_config)
+            out_codes = {k: (_st_code(out_torch) if c in _FLOAT_CODES else c) for k, c in plan.codes.items()}
+            shards = _shard(list(plan.sources), plan.shapes, out_codes, shard_bytes)
+
+            def produce(key: str) -> Any:
+                kind, name = plan.sources[key]
+                tensor = monitor.hold(base_file(name).get_tensor(name) if kind == "base" else adapter.get_tensor(name))
+                monitor.read += 1
+                merged = _merge_tensor(key, tensor, kind, plan, adapter, adapter_config, quant_dtype, monitor)
+                del tensor
+                if merged.is_floating_point():
+                    merged = monitor.hold(merged.to(out_torch).contiguous())
+                return merged
+
+            weight_map, total = {}, 0
+            for number, keys in enumerate(shards, 1):
+                name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+                total += _write_shard(tmp / name, keys, plan.shapes, out_codes, produce, monitor)
+                weight_map.update({key: name for key in keys})
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        _write_configs(tmp, base_dir, base_config, plan, tokenizer, dtype)
+        tokenizer.save_pretrained(tmp)
+        for code in base_dir.glob("*.py"):  # custom modelling code (trust_remote_code)
+            shutil.copy2(code, tmp / code.name)
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    kind = "DoRA" if adapter_config.get("use_dora") else "LoRA"
+    notify(f"merged the {kind} adapter from {adapter_dir} into {out_dir} ({len(weight_map)} tensors, "
+           f"{len(shards)} shard(s), {total / 1e9:.2f} GB, {dtype})")
+    return out_dir
+
+
+def _plan(settings: Settings, base_config: dict, base_files: dict, base_file: Callable, adapter: Any,
+          adapter_config: dict) -> _Plan:
+    plan = _Plan()
+    for key in base_files:
+        piece = base_file(key).get_slice(key)
+        plan.sources[key] = ("base", key)
+        plan.shapes[key] = list(piece.get_shape())
+        plan.codes[key] = piece.get_dtype()
+    replacements: dict[str, str] = {}
+    for key in adapter.keys():
+        if not key.startswith(ADAPTER_PREFIX):
+            raise FinetuneError(f"unexpected adapter tensor `{key}` (expected the `{ADAPTER_PREFIX}` prefix)")
+        name = key[len(ADAPTER_PREFIX):]
+        for suffix, slot in ((".lora_A.weight", "A"), (".lora_B.weight", "B"), (".lora_magnitude_vector", "magnitude"),
+                             (".lora_magnitude_vector.weight", "magnitude"), (".lora_embedding_A", "A"),
+                             (".lora_embedding_B", "B")):
+            if name.endswith(suffix):
+                lora = plan.loras.setdefault(name[: -len(suffix)], _Lora())
+                setattr(lora, slot, key)
+                lora.embedding = lora.embedding or "lora_embedding" in suffix
+                break
+        else:
+            if "lora_" in name or "token_adapter" in name:
+                raise FinetuneError(f"adapter tensor `{key}` is of a kind finetune cannot merge yet")
+            # A modules_to_save copy: `X.weight`; with resized embeddings peft also saves `X.modules_to_save.weight`
+            # (the same trained copy, which wins) and `X.original_module.weight` (unused).
+            if ".modules_to_save." in name:
+                replacements[name.replace(".modules_to_save.", ".")] = key
+            elif ".original_module." not in name:
+                replacements.setdefault(name, key)
+    meta = _meta_model(settings)
+    in_key, out_key = _embedding_keys(meta)
+    tied = in_key in base_files and out_key is not None and out_key not in base_files
+    touched = set(replacements) | {f"{m}.weight" for m in plan.loras}
+    if tied and touched & {in_key, out_key}:
+        plan.untied = True  # peft trained them apart: the output embedding kept the original weights
+        plan.sources[out_key], plan.shapes[out_key], plan.codes[out_key] = (
+            ("base", in_key), plan.shapes[in_key], plan.codes[in_key])
+    for name, key in replacements.items():
+        if name not in plan.sources:
+            raise FinetuneError(f"adapter tensor `{key}` replaces `{name}`, which the base model does not have")
+        shape = list(adapter.get_slice(key).get_shape())
+        if shape != plan.shapes[name]:
+            if name not in (in_key, out_key) or shape[1:] != plan.shapes[name][1:]:
+                raise FinetuneError(f"adapter tensor `{key}` has shape {shape}; the base's `{name}` is "
+                                    f"{plan.shapes[name]}")
+            plan.vocab_size = max(plan.vocab_size or 0, shape[0])
+        plan.sources[name], plan.shapes[name] = ("adapter", key), shape
+        plan.codes[name] = adapter.get_slice(key).get_dtype()
+    for module, lora in plan.loras.items():
+        if lora.A is None or lora.B is None:
+            raise FinetuneError(f"adapter module `{module}` lacks its lora_A or lora_B tensor")
+        if lora.embedding and lora.magnitude:
+            raise FinetuneError(f"adapter module `{module}`: DoRA on embeddings cannot be merged yet")
+        if f"{module}.weight" not in plan.sources:
+            raise FinetuneError(f"the adapter adapts `{module}`, which the base model does not have "
+                                f"(was it trained on another base than {settings.base_model}?)")
+    plan.conv1d = _conv1d_keys(meta)
+    if settings.load_in_4bit:
+        plan.quantized = _quantized_keys(meta, base_config) & set(base_files)
+    return plan
+
+
+def _merge_tensor(key: str, tensor: Any, kind: str, plan: _Plan, adapter: Any, adapter_config: dict,
+                  quant_dtype: Any, monitor: MergeMonitor) -> Any:
+    """One output tensor in float32 when it changes; the tensor as read otherwise."""
+    import torch
+
+    module = key[: -len(".weight")] if key.endswith(".weight") else None
+    lora = plan.loras.get(module) if module else None
+    quantized = kind == "base" and key in plan.quantized and plan.sources[key][1] == key
+    if lora is None and not quantized:
+        return tensor
+    fan_in_fan_out = key in plan.conv1d
+    weight = monitor.hold(tensor.to(torch.float32, copy=True))
+    if fan_in_fan_out:  # Conv1D stores (in, out); work on (out, in) like peft and bitsandbytes
+        weight = weight.T
+    if quantized:
+        weight = monitor.hold(_nf4_round_trip(weight, quant_dtype))
+    if lora is not None:
+        a = monitor.hold(adapter.get_tensor(lora.A).to(torch.float32))
+        b = monitor.hold(adapter.get_tensor(lora.B).to(torch.float32))
+        scale = _scaling(module, a.shape[0], adapter_config)
+        delta = (b @ a).T if lora.embedding else b @ a
+        weight.add_(delta, alpha=scale)
+        del a, b, delta
+        if lora.magnitude is not None:
+            magnitude = monitor.hold(adapter.get_tensor(lora.magnitude).to(torch.float32))
+            weight.mul_((magnitude / torch.linalg.norm(weight, dim=1)).view(-1, 1))
+    return weight.T if fan_in_fan_out else weight
+
+
+def _nf4_round_trip(weight: Any, dtype: Any) -> Any:
+    """What `load_in_4bit` turns `weight` into: cast, NF4 with double quant (blocksize 64), de-quantized."""
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    source = weight.to(dtype).contiguous()
+    packed, state = bnbf.quantize_4bit(source, blocksize=NF4_BLOCKSIZE, compress_statistics=True,
+                                       quant_type="nf4", quant_storage=dtype)
+    return bnbf.dequantize_4bit(packed, state).to(torch.float32)
+
+
+def _scaling(module: str, rank: int, adapter_config: dict) -> float:
+    alpha = float(adapter_config.get("lora_alpha", 8))
+    for pattern, value in (adapter_config.get("alpha_pattern") or {}).items():
+        if pattern == module or re.match(rf"(.*\.)?({pattern})$", module):
+            alpha = float(value)
+            break
+    return alpha / math.sqrt(rank) if adapter_config.get("use_rslora") else alpha / rank
+
+
+def _embedding_keys(model: Any) -> tuple[Optional[str], Optional[str]]:
+    """Checkpoint keys of the input and output embeddings of the meta-device model."""
+    names = {id(m): n for n, m in model.named_modules()}
+    out = model.get_output_embeddings()
+    in_name = names.get(id(model.get_input_embeddings()))
+    out_name = names.get(id(out)) if out is not None else None
+    return (f"{in_name}.weight" if in_name else None), (f"{out_name}.weight" if out_name else None)
+
+
+def _conv1d_keys(model: Any) -> set[str]:
+    from transformers.pytorch_utils import Conv1D
+
+    return {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, Conv1D)}
+
+
+def _quantized_keys(model: Any, base_config: dict) -> set[str]:
+    """The weights `load_in_4bit` quantizes: every nn.Linear (or Conv1D) except transformers' skip list."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.base import HfQuantizer
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    skip = (base_config.get("quantization_config") or {}).get("llm_int8_skip_modules")
+    skipped = HfQuantizer.get_modules_to_not_convert(model, skip, getattr(model, "_keep_in_fp32_modules", None))
+    return {
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if (type(module) is torch.nn.Linear or isinstance(module, Conv1D)) and should_convert_module(name, skipped)
+    }
+
+
+def _meta_model(settings: Settings) -> Any:
+    """The base architecture on the meta device (no memory): module types and embedding names."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_model_dir(settings), trust_remote_code=settings.trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=settings.trust_remote_code)
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+
+def _base_weight_files(base_dir: Path, settings: Settings) -> dict[str, Path]:
+    from safetensors import safe_open
+
+    index = base_dir / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return {key: base_dir / name for key, name in weight_map.items()}
+    single = base_dir / "model.safetensors"
+    if single.is_file():
+        with safe_open(str(single), framework="pt") as f:
+            return {key: single for key in f.keys()}
+    raise RecipeError(f"{settings.where('base_model')}: {base_dir} holds no safetensors weights "
+                      "(model.safetensors or model.safetensors.index.json); merge reads safetensors only")
+
+
+def _shard(keys: list[str], shapes: dict, codes: dict, limit: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    size = 0
+    for key in keys:
+        nbytes = _nbytes(shapes[key], codes[key])
+        if shards[-1] and size + nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(key)
+        size += nbytes
+    return shards
+
+
+def _write_shard(path: Path, keys: list[str], shapes: dict, codes: dict, produce: Callable,
+                 monitor: MergeMonitor) -> int:
+    """Write one safetensors file tensor by tensor: the header is computed from the planned shapes first."""
+    import torch
+
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for key in keys:
+        nbytes = _nbytes(shapes[key], codes[key])
+        header[key] = {"dtype": codes[key], "shape": shapes[key], "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(blob)))
+        handle.write(blob)
+        for key in keys:
+            tensor = produce(key)
+            if list(tensor.shape) != shapes[key] or _st_code(tensor.dtype) != codes[key]:
+                raise FinetuneError(f"internal error: {key} came out {list(tensor.shape)} {tensor.dtype}")
+            handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            monitor.written += 1
+            del tensor
+    return offset
+
+
+def _write_configs(out: Path, base_dir: Path, base_config: dict, plan: _Plan, tokenizer: Any, dtype: str) -> None:
+    config = {k: v for k, v in base_config.items() if k != "quantization_config"}
+    name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
+    config["dtype"] = name
+    if "torch_dtype" in config:
+        config["torch_dtype"] = name
+    if plan.vocab_size is not None:
+        config["vocab_size"] = plan.vocab_size
+    if plan.untied:
+        config["tie_word_embeddings"] = False
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    generation_path = base_dir / "generation_config.json"
+    generation = json.loads(generation_path.read_text(encoding="utf-8")) if generation_path.is_file() else {
+        key: base_config[key] for key in ("bos_token_id", "eos_token_id") if base_config.get(key) is not None}
+    if eos is not None:
+        config["eos_token_id"] = eos
+        base_eos = generation.get("eos_token_id", base_config.get("eos_token_id"))
+        base_eos = [] if base_eos is None else [base_eos] if isinstance(base_eos, int) else list(base_eos)
+        generation["eos_token_id"] = [eos] + [i for i in base_eos if i != eos]
+    if pad is not None:
+        config["pad_token_id"] = generation["pad_token_id"] = pad
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n",
+                                                encoding="utf-8")
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        if not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / INDEX_FILE).is_file()):
+            raise FinetuneError(f"{out_dir} exists and is not a merged model; remove it or pass --out DIR")
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from 2000000, "2GB", "500MB" or "1GiB"."""
+    if isinstance(size, int):
+        value = size
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*", size, re.IGNORECASE)
+        if not match:
+            raise FinetuneError(f"--max-shard-size {size}: expected bytes or a size like 2GB, 500MB, 1GiB")
+        unit = match.group(2).upper().rstrip("B")
+        base = 1024 if unit.endswith("I") else 1000
+        power = " KMGT".index(unit[:1] or " ") if unit else 0
+        value = int(float(match.group(1)) * base**power)
+    if value <= 0:
+        raise FinetuneError(f"--max-shard-size {size}: must be positive")
+    return value
+
+
+_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
+          "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _st_code(dtype: Any) -> str:
+    return _CODES[str(dtype).removeprefix("torch.")]
+
+
+def _nbytes(shape: list[int], code: str) -> int:
+    if code not in _SIZES:
+        raise FinetuneError(f"cannot merge tensors of dtype {code}")
+    return math.prod(shape) * _SIZES[code]
+
+
+def _require_bitsandbytes(settings: Settings) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MissingDependencyError(f"{settings.where('load_in_4bit')}: merging a QLoRA adapter needs bitsandbytes "
+                                     "(for the NF4 round trip): pip install bitsandbytes")
