@@ -204,7 +204,10 @@ def main_train(
     args = worker_args(recipe_path, overrides, resume_from=plan.resume_from, force_preprocess=force_preprocess)
     if launched:
         return worker.main(args)
-    nproc = decide_num_processes(num_processes, visible_cuda_devices())
+    gpus = visible_cuda_devices()
+    nproc = decide_num_processes(num_processes, gpus)
+    if gpus:
+        print_memory_plan(settings, world_size=nproc * nnodes)
     topology = make_topology(nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port)
     if not topology.needs_launcher:
         return worker.main(args)
@@ -212,6 +215,21 @@ def main_train(
     print(f"finetune: starting {topology.world_size} processes ({nproc} here): {shlex.join(cmd)}",
           file=sys.stderr, flush=True)
     return run_launcher(cmd)
+
+
+def print_memory_plan(settings: Settings, *, world_size: int) -> None:
+    """`finetune plan`'s table for this GPU's memory, before anything loads (skipped when shapes are unknown)."""
+    import torch
+
+    from finetune.plan import format_plan, plan_memory
+
+    try:
+        memory = torch.cuda.get_device_properties(0).total_memory
+        estimate = plan_memory(settings, world_size=world_size, gpu_memory_bytes=memory)
+    except FinetuneError as exc:
+        print(f"finetune: no memory plan: {exc}", file=sys.stderr, flush=True)
+        return
+    print(format_plan(estimate), file=sys.stderr, flush=True)
 
 
 def run_launcher(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:
