@@ -15,8 +15,8 @@ import yaml
 from finetune.config import load_recipe_text
 from finetune.errors import RecipeError
 from finetune.train.launch import bundled_deepspeed_dir
-from finetune.plan import (GIB, MIB, VOCAB_TILE, format_plan, model_shapes, parse_size, plan_main, plan_memory,
-                           shapes_from_config)
+from finetune.model_shapes import model_shapes, shapes_from_config
+from finetune.plan import GIB, MIB, VOCAB_TILE, format_plan, parse_size, plan_main, plan_memory
 
 # The seed recipe (chat-like-me.yml, from the article: 2 x RTX 3090, ZeRO-1 ran out of memory, ZeRO-2 fit).
 SEED = """

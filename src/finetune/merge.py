@@ -3,9 +3,9 @@
 The merge never builds the model. It streams the base checkpoint one tensor at a time
 (`safetensors.safe_open`), applies the adapter to that tensor in float32, casts it to the
 output dtype and writes it straight into the shard file (our own streaming safetensors
-writer: the header is planned from the shapes first, so no shard is ever assembled in
-memory). Peak memory is about one base tensor in float32 plus its LoRA factors, whatever
-the model size: merging an 8B model needs a few GiB, not 32.
+writer, `finetune.safetensors_stream`: the header is planned from the shapes first, so no
+shard is ever assembled in memory). Peak memory is about one base tensor in float32 plus its
+LoRA factors, whatever the model size: merging an 8B model needs a few GiB, not 32.
 
 Per tensor (peft's own formulas, `peft/tuners/lora/layer.py` and `dora.py`):
 - LoRA:  W' = W + s * B @ A, with s = alpha / r, or alpha / sqrt(r) with rsLoRA (alpha from
@@ -32,7 +32,6 @@ import math
 import os
 import re
 import shutil
-import struct
 import sys
 import weakref
 from contextlib import ExitStack
@@ -42,13 +41,13 @@ from typing import Any, Callable, Literal, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError, RecipeError
+from finetune.safetensors_stream import (FLOAT_CODES, INDEX_FILE, parse_size, st_code, weight_files, write_index,
+                                         write_sharded)
 
 ADAPTER_PREFIX = "base_model.model."
 NF4_BLOCKSIZE = 64  # bitsandbytes' Params4bit default, which `load_in_4bit` uses
 TRAIN_HINT = "run `finetune train` first or pass --adapter DIR"
-INDEX_FILE = "model.safetensors.index.json"
 MergeDtype = Literal["bf16", "fp16", "fp32"]
-_FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 
 
 def _notice(message: str) -> None:
@@ -238,8 +237,7 @@ def merge_adapter(
 
             adapter = stack.enter_context(safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt"))
             plan = _plan(settings, base_config, base_files, base_file, adapter, adapter_config)
-            out_codes = {k: (_st_code(out_torch) if c in _FLOAT_CODES else c) for k, c in plan.codes.items()}
-            shards = _shard(list(plan.sources), plan.shapes, out_codes, shard_bytes)
+            out_codes = {k: (st_code(out_torch) if c in FLOAT_CODES else c) for k, c in plan.codes.items()}
 
             def produce(key: str) -> Any:
                 kind, name = plan.sources[key]
@@ -251,13 +249,12 @@ def merge_adapter(
                     merged = monitor.hold(merged.to(out_torch).contiguous())
                 return merged
 
-            weight_map, total = {}, 0
-            for number, keys in enumerate(shards, 1):
-                name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-                total += _write_shard(tmp / name, keys, plan.shapes, out_codes, produce, monitor)
-                weight_map.update({key: name for key in keys})
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+            def written(key: str) -> None:
+                monitor.written += 1
+
+            weight_map, total, shard_count = write_sharded(tmp, list(plan.sources), plan.shapes, out_codes,
+                                                           produce, shard_bytes, written)
+        write_index(tmp, weight_map, total)
         _write_configs(tmp, base_dir, base_config, plan, tokenizer, dtype)
         tokenizer.save_pretrained(tmp)
         for code in base_dir.glob("*.py"):  # custom modelling code (trust_remote_code)
@@ -267,7 +264,7 @@ def merge_adapter(
         shutil.rmtree(tmp, ignore_errors=True)
     kind = "DoRA" if adapter_config.get("use_dora") else "LoRA"
     notify(f"merged the {kind} adapter from {adapter_dir} into {out_dir} ({len(weight_map)} tensors, "
-           f"{len(shards)} shard(s), {total / 1e9:.2f} GB, {dtype})")
+           f"{shard_count} shard(s), {total / 1e9:.2f} GB, {dtype})")
     return out_dir
 
 
@@ -428,57 +425,11 @@ def _meta_model(settings: Settings) -> Any:
 
 
 def _base_weight_files(base_dir: Path, settings: Settings) -> dict[str, Path]:
-    from safetensors import safe_open
-
-    index = base_dir / INDEX_FILE
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return {key: base_dir / name for key, name in weight_map.items()}
-    single = base_dir / "model.safetensors"
-    if single.is_file():
-        with safe_open(str(single), framework="pt") as f:
-            return {key: single for key in f.keys()}
-    raise RecipeError(f"{settings.where('base_model')}: {base_dir} holds no safetensors weights "
-                      "(model.safetensors or model.safetensors.index.json); merge reads safetensors only")
-
-
-def _shard(keys: list[str], shapes: dict, codes: dict, limit: int) -> list[list[str]]:
-    shards: list[list[str]] = [[]]
-    size = 0
-    for key in keys:
-        nbytes = _nbytes(shapes[key], codes[key])
-        if shards[-1] and size + nbytes > limit:
-            shards.append([])
-            size = 0
-        shards[-1].append(key)
-        size += nbytes
-    return shards
-
-
-def _write_shard(path: Path, keys: list[str], shapes: dict, codes: dict, produce: Callable,
-                 monitor: MergeMonitor) -> int:
-    """Write one safetensors file tensor by tensor: the header is computed from the planned shapes first."""
-    import torch
-
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for key in keys:
-        nbytes = _nbytes(shapes[key], codes[key])
-        header[key] = {"dtype": codes[key], "shape": shapes[key], "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(blob)))
-        handle.write(blob)
-        for key in keys:
-            tensor = produce(key)
-            if list(tensor.shape) != shapes[key] or _st_code(tensor.dtype) != codes[key]:
-                raise FinetuneError(f"internal error: {key} came out {list(tensor.shape)} {tensor.dtype}")
-            handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
-            monitor.written += 1
-            del tensor
-    return offset
+    files = weight_files(base_dir)
+    if files is None:
+        raise RecipeError(f"{settings.where('base_model')}: {base_dir} holds no safetensors weights "
+                          "(model.safetensors or model.safetensors.index.json); merge reads safetensors only")
+    return files
 
 
 def _write_configs(out: Path, base_dir: Path, base_config: dict, plan: _Plan, tokenizer: Any, dtype: str) -> None:
@@ -513,38 +464,6 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
             raise FinetuneError(f"{out_dir} exists and is not a merged model; remove it or pass --out DIR")
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes from 2000000, "2GB", "500MB" or "1GiB"."""
-    if isinstance(size, int):
-        value = size
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*", size, re.IGNORECASE)
-        if not match:
-            raise FinetuneError(f"--max-shard-size {size}: expected bytes or a size like 2GB, 500MB, 1GiB")
-        unit = match.group(2).upper().rstrip("B")
-        base = 1024 if unit.endswith("I") else 1000
-        power = " KMGT".index(unit[:1] or " ") if unit else 0
-        value = int(float(match.group(1)) * base**power)
-    if value <= 0:
-        raise FinetuneError(f"--max-shard-size {size}: must be positive")
-    return value
-
-
-_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
-          "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
-_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def _st_code(dtype: Any) -> str:
-    return _CODES[str(dtype).removeprefix("torch.")]
-
-
-def _nbytes(shape: list[int], code: str) -> int:
-    if code not in _SIZES:
-        raise FinetuneError(f"cannot merge tensors of dtype {code}")
-    return math.prod(shape) * _SIZES[code]
 
 
 def _require_bitsandbytes(settings: Settings) -> None:
