@@ -74,3 +74,12 @@ def test_missing_recipe_file_exits_2(capsys, tmp_path):
 @pytest.mark.parametrize("recipe", sorted((ROOT / "configs").rglob("*.yml")) + sorted((ROOT / "examples").rglob("*.yml")))
 def test_every_shipped_recipe_validates(recipe):
     assert main(["validate", str(recipe), "--quiet"]) == 0
+
+
+def test_train_checks_data_paths_before_loading_anything(tmp_path, capsys):
+    recipe = tmp_path / "r.yml"
+    recipe.write_text("base_model: some/unreachable-model\ndatasets:\n  - path: missing.jsonl\n")
+    assert main(["train", str(recipe)]) == 2
+    assert f"{recipe}:3: dataset path `missing.jsonl` does not exist" in capsys.readouterr().err
+    assert main(["preprocess", str(recipe)]) == 2
+    assert f"{recipe}:3: dataset path `missing.jsonl` does not exist" in capsys.readouterr().err

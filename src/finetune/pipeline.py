@@ -17,8 +17,10 @@ def preprocess(settings: Settings, *, force: bool = False, show: int = 0, progre
     prepared train rows with trained tokens marked.
     """
     from finetune.data.build import prepare_data
+    from finetune.data.readers import check_dataset_paths
     from finetune.model.tokenizer import load_tokenizer
 
+    check_dataset_paths(settings.datasets)
     tokenizer = load_tokenizer(settings)
     prepared = prepare_data(settings, tokenizer, force=force, progress=progress)
     state = "reused (cache hit)" if prepared.from_cache else "built"

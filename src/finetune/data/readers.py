@@ -14,6 +14,7 @@ problem such as a missing path) with that location and what was expected.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,12 @@ def dataset_path(dataset: DatasetSettings) -> Path:
             f"(resolved to {path.resolve()}); relative paths are resolved from the current directory"
         )
     return path
+
+
+def check_dataset_paths(datasets: Sequence[DatasetSettings]) -> None:
+    """Fail fast, naming the recipe line, when any dataset path is missing (before slow model/tokenizer loads)."""
+    for dataset in datasets:
+        dataset_path(dataset)
 
 
 def read_dataset(dataset: DatasetSettings) -> RawTable:

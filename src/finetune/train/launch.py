@@ -191,7 +191,10 @@ def main_train(
     from finetune.train import resilience, worker
 
     settings = load_recipe(recipe_path, overrides).settings
-    _, ds_notice = resolve_deepspeed(settings)  # fail before starting anything; workers resolve again
+    from finetune.data.readers import check_dataset_paths
+
+    check_dataset_paths(settings.datasets)  # fail before starting anything
+    _, ds_notice = resolve_deepspeed(settings)  # workers resolve again
     launched = in_launched_process(os.environ)
     plan = resilience.plan_output_dir(
         Path(settings.output_dir), resume=resume, overwrite=overwrite,
