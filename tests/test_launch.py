@@ -141,3 +141,15 @@ def test_bundled_configs_leave_batch_and_precision_to_the_trainer(name):
     assert stage == int(name[4])
     offload = "offload_optimizer" in config["zero_optimization"]
     assert offload == name.endswith("_offload.json")  # plain zero2 keeps the optimizer on the GPU
+
+
+def test_zero3_is_refused_with_the_recipe_line(tmp_path):
+    from finetune.config import load_recipe_text
+    from finetune.errors import RecipeError
+    from finetune.train.launch import resolve_deepspeed
+
+    settings = load_recipe_text(
+        "base_model: m\ndatasets:\n  - path: d.jsonl\ndeepspeed: /path/to/deepspeed_configs/zero3.json\n", file="r.yml"
+    ).settings
+    with pytest.raises(RecipeError, match=r"r.yml:4: ZeRO-3 \(zero3.json\) is not supported yet"):
+        resolve_deepspeed(settings)

@@ -153,17 +153,34 @@ def resolve_deepspeed(settings: Settings, *, bundled: Path | None = None) -> tup
     if settings.deepspeed is None:
         return None, None
     given = Path(settings.deepspeed).expanduser()
-    if given.is_file():
-        return given.resolve(), None
     where = settings.where("deepspeed")
+    if given.is_file():
+        return _supported(given.resolve(), where), None
     if given.exists():
         raise RecipeError(f"{where}: deepspeed `{settings.deepspeed}` is not a file; expected a DeepSpeed JSON config")
     directory = bundled or bundled_deepspeed_dir()
     if given.name in BUNDLED_DEEPSPEED and (directory / given.name).is_file():
-        path = (directory / given.name).resolve()
+        path = _supported((directory / given.name).resolve(), where)
         return path, f"{where}: deepspeed `{settings.deepspeed}` does not exist; using the bundled {path}"
     known = ", ".join(BUNDLED_DEEPSPEED)
     raise RecipeError(f"{where}: deepspeed `{settings.deepspeed}`: no such file (bundled configs: {known})")
+
+
+def _supported(path: Path, where: str) -> Path:
+    """Reject configs the trainer cannot honour, before any process starts."""
+    import json
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"{where}: deepspeed `{path}` is not valid JSON ({exc})") from None
+    stage = config.get("zero_optimization", {}).get("stage", 0) if isinstance(config, dict) else 0
+    if stage == 3:
+        raise RecipeError(
+            f"{where}: ZeRO-3 ({path.name}) is not supported yet: finetune's trained-token loss reads the "
+            "full lm_head, which ZeRO-3 partitions; use zero2.json (or zero2_offload.json for less memory)"
+        )
+    return path
 
 
 # --- entry point for the CLI ---------------------------------------------------------------------
