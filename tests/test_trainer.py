@@ -99,3 +99,44 @@ def test_grad_accumulation_is_normalised_by_trained_tokens(micro_llama_dir: Path
     assert moved, "the step must change the adapter"
     for name, value in one_by_four.items():
         torch.testing.assert_close(value, four_by_one[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_eval_loss_is_per_trained_token_over_the_split(micro_llama_dir: Path, tmp_path: Path) -> None:
+    """The trainer's eval_loss weighs rows by their trained tokens (as `finetune evaluate` does)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from finetune.config import load_recipe_text
+    from finetune.data.collate import make_collator
+    from finetune.model.tokenizer import load_tokenizer
+    from finetune.train.run import run_training
+    from finetune.train.trainer import SampleStartMasking, trained_token_nll
+
+    settings = load_recipe_text(
+        f"base_model: {micro_llama_dir}\ndatasets: [{{path: x.jsonl}}]\nadapter: lora\nlora_target_linear: true\n"
+        "lora_r: 4\nlora_alpha: 8\nsample_packing: true\nsequence_len: 64\nbf16: false\noptimizer: sgd\n"
+        "learning_rate: 1.0e-12\nlr_scheduler: constant\nwarmup_steps: 0\nmax_steps: 1\nval_set_size: 4\n"
+        "eval_steps: 1\neval_batch_size: 1\n"
+        'special_tokens: {pad_token: "<|finetune_right_pad_id|>", eos_token: "<|eot_id|>"}\n'
+    ).settings
+    rows = _rows()
+    prepared = SimpleNamespace(train=Dataset.from_list(rows), eval=Dataset.from_list(rows))
+    tokenizer = load_tokenizer(settings)
+    result = run_training(settings, prepared, tokenizer, output_dir=tmp_path / "out", notify=lambda m: None)
+
+    # LoRA B starts at zero and the step is ~0, so the evaluated model is the base.
+    model = AutoModelForCausalLM.from_pretrained(micro_llama_dir, dtype=torch.float32)
+    collate = SampleStartMasking(make_collator(settings, tokenizer))
+    per_row = []
+    with torch.no_grad():
+        for row in rows:
+            batch = collate([row])
+            labels = batch.pop("labels")
+            out = model(**batch, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+            nll, count = trained_token_nll(out.hidden_states[-1], labels, model.get_output_embeddings(), model.config)
+            per_row.append((float(nll), int(count)))
+    token_weighted = sum(n for n, _ in per_row) / sum(c for _, c in per_row)
+    mean_of_means = sum(n / c for n, c in per_row) / len(per_row)
+    assert abs(token_weighted - mean_of_means) > 1e-3  # the two notions differ on these rows
+    assert result.summary["eval_loss"] == pytest.approx(token_weighted, rel=1e-4)

@@ -92,7 +92,21 @@ def _trainer_class() -> type:
             super().__init__(*args, **kwargs)
             self.counter = counter
             self.pad_id = pad_id
+            self._eval_sums: list[float] = [0.0, 0.0]  # trained-token NLL and count of the running evaluation
             trainable_to_fp32(self.model)
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):  # noqa: ANN001
+            """As the Trainer's, but `<prefix>_loss` is per trained token over the whole split (all processes),
+            not a mean of per-batch means, so it matches `finetune evaluate`."""
+            self._eval_sums = [0.0, 0.0]
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            nll, count = _all_reduce_sum([float(v) for v in self._eval_sums], self.args.device)
+            key = f"{metric_key_prefix}_loss"
+            if count > 0 and key in output.metrics:
+                output.metrics[key] = nll / count
+            return output
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             labels = inputs["labels"]
@@ -107,6 +121,9 @@ def _trainer_class() -> type:
             loss = nll / torch_clamp_min1(denominator)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients across processes
+            if not model.training:
+                self._eval_sums[0] += float(nll.detach())
+                self._eval_sums[1] += int(count)
             if model.training:
                 if "attention_mask" in inputs:
                     tokens = int(inputs["attention_mask"].sum())
@@ -172,15 +189,17 @@ def peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def _all_reduce_sum(values: list[int], device: Any) -> list[int]:
+def _all_reduce_sum(values: list[Any], device: Any) -> list[Any]:
+    """Sum `values` (ints or floats) over all processes; as given when not distributed."""
     import torch
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values
-    tensor = torch.tensor(values, dtype=torch.long, device=device)
+    floats = any(isinstance(v, float) for v in values)
+    tensor = torch.tensor(values, dtype=torch.float64 if floats else torch.long, device=device)
     dist.all_reduce(tensor)
-    return [int(v) for v in tensor.tolist()]
+    return [float(v) if floats else int(v) for v in tensor.tolist()]
 
 
 def summarize(log_history: Sequence[Mapping[str, Any]], *, steps: int, tokens: int, trained_tokens: int,
