@@ -11,7 +11,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from finetune.data.pack import Ragged, pack
 from finetune.data.templates import resolve_template

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from finetune.errors import FinetuneError, RecipeError  # noqa: E402
 from finetune.merge import MergeMonitor, _nf4_round_trip, merge_adapter  # noqa: E402
-from finetune.safetensors_stream import parse_size  # noqa: E402
+from finetune.sizes import parse_size  # noqa: E402
 
 
 

@@ -99,6 +99,14 @@ def test_collator_packed_rows_get_position_ids_and_no_attention_mask():
     assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2], [0, 1, 2, 0, 1]]
 
 
+def test_collator_never_trains_a_sample_start_in_packed_rows():
+    # Labels are unshifted: a trained label at a sample start would be predicted from the previous sample.
+    packed = Collator(pad_id=0)([{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "position_ids": [0, 1, 2, 0, 1]}])
+    assert packed["labels"].tolist() == [[-100, 6, 7, -100, 9]]
+    plain = Collator(pad_id=0)([{"input_ids": [5, 6], "labels": [5, 6]}])
+    assert plain["labels"].tolist() == [[5, 6]]
+
+
 def test_collator_unpacked_rows_get_attention_mask_and_pad_to_sequence_len():
     rows = [{"input_ids": [1, 2], "labels": [-100, 2]}, {"input_ids": [3], "labels": [-100]}]
     batch = Collator(pad_id=0, pad_to=4)(rows)

@@ -16,7 +16,8 @@ from finetune.config import load_recipe_text
 from finetune.errors import RecipeError
 from finetune.train.launch import bundled_deepspeed_dir
 from finetune.model_shapes import model_shapes, shapes_from_config
-from finetune.plan import GIB, MIB, VOCAB_TILE, format_plan, parse_size, plan_main, plan_memory
+from finetune.plan import GIB, MIB, VOCAB_TILE, format_plan, plan_main, plan_memory
+from finetune.sizes import parse_size
 
 # The seed recipe (chat-like-me.yml, from the article: 2 x RTX 3090, ZeRO-1 ran out of memory, ZeRO-2 fit).
 SEED = """
@@ -287,13 +288,13 @@ def test_estimate_matches_measured_peak_on_cpu() -> None:
     ("4096B", 4096),
 ])
 def test_parse_size(text: str, expected: int) -> None:
-    assert parse_size(text) == expected
+    assert parse_size(text, bare_unit=GIB) == expected
 
 
 @pytest.mark.parametrize("text", ["", "GiB", "24XB", "lots", "-1GiB", "24 i"])
 def test_parse_size_rejects_nonsense(text: str) -> None:
     with pytest.raises(RecipeError, match="24GiB"):
-        parse_size(text)
+        parse_size(text, bare_unit=GIB)
 
 
 def test_suggestions_when_it_does_not_fit() -> None:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from finetune.train.trainer import SampleStartMasking, summarize, trained_token_nll, write_loss_plot
+from finetune.train.trainer import summarize, trained_token_nll, write_loss_plot
 
 
 def test_trained_token_nll_equals_full_logits_cross_entropy() -> None:
@@ -28,19 +28,6 @@ def test_trained_token_nll_equals_full_logits_cross_entropy() -> None:
     (grad,) = torch.autograd.grad(nll, hidden)
     (expected_grad,) = torch.autograd.grad(expected, hidden)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
-
-
-def test_sample_start_labels_are_ignored_in_packed_batches() -> None:
-    import torch
-
-    def inner(rows):
-        return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
-
-    collate = SampleStartMasking(inner)
-    batch = collate([{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "position_ids": [0, 1, 2, 0, 1]}])
-    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]
-    plain = collate([{"input_ids": [5, 6], "labels": [5, 6], "attention_mask": [1, 1]}])
-    assert plain["labels"].tolist() == [[5, 6]]
 
 
 def test_summary_and_plot(tmp_path: Path) -> None:
@@ -111,7 +98,7 @@ def test_eval_loss_is_per_trained_token_over_the_split(micro_llama_dir: Path, tm
     from finetune.data.collate import make_collator
     from finetune.model.tokenizer import load_tokenizer
     from finetune.train.run import run_training
-    from finetune.train.trainer import SampleStartMasking, trained_token_nll
+    from finetune.train.trainer import trained_token_nll
 
     settings = load_recipe_text(
         f"base_model: {micro_llama_dir}\ndatasets: [{{path: x.jsonl}}]\nadapter: lora\nlora_target_linear: true\n"
@@ -127,7 +114,7 @@ def test_eval_loss_is_per_trained_token_over_the_split(micro_llama_dir: Path, tm
 
     # LoRA B starts at zero and the step is ~0, so the evaluated model is the base.
     model = AutoModelForCausalLM.from_pretrained(micro_llama_dir, dtype=torch.float32)
-    collate = SampleStartMasking(make_collator(settings, tokenizer))
+    collate = make_collator(settings, tokenizer)
     per_row = []
     with torch.no_grad():
         for row in rows:

@@ -22,14 +22,11 @@ from typing import Any, Callable, Optional, TextIO
 
 from finetune.config.settings import Settings
 from finetune.errors import DataError, FinetuneError
+from finetune.model.load import notice
 from finetune.merge import load_run_tokenizer, resolve_adapter_dir
 
 END_OF_TURN_MARKERS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|eom_id|>")
 HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D), /help"
-
-
-def _notice(message: str) -> None:
-    print(f"finetune: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -80,7 +77,7 @@ class History:
 
 
 def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None, base_only: bool = False,
-                    notify: Callable[[str], None] = _notice) -> ChatModel:
+                    notify: Callable[[str], None] = notice) -> ChatModel:
     """Base (quantized as trained) + adapter, or the base alone; raises FinetuneError/RecipeError with hints."""
     full_model = settings.adapter is None and not base_only
     if full_model:  # full fine-tuning: output_dir is the model itself
@@ -113,29 +110,14 @@ def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None
 
 
 def _load_base(settings: Settings, tokenizer: Any) -> Any:
-    """The training loader (quantization, precision, embedding size); plain transformers if it is absent."""
-    try:
-        from finetune.model.load import load_model
-    except ImportError:  # pragma: no cover - the model package ships with finetune
-        return _load_with_transformers(settings, tokenizer)
-    model = load_model(settings, tokenizer, notify=lambda message: None)
+    """The base through the training loader (same quantization, precision and embedding size)."""
     import torch
 
+    from finetune.model.load import load_model
+
+    model = load_model(settings, tokenizer, notify=lambda message: None)
     if torch.cuda.is_available() and not (settings.load_in_4bit or settings.load_in_8bit):
         model = model.to("cuda")
-    return model
-
-
-def _load_with_transformers(settings: Settings, tokenizer: Any) -> Any:  # pragma: no cover
-    from transformers import AutoModelForCausalLM
-
-    from finetune.model.tokenizer import _require_local_or_cached
-
-    _require_local_or_cached(settings.base_model, settings.where("base_model"), "base_model")
-    model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype="auto",
-                                                 trust_remote_code=settings.trust_remote_code)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
     return model
 
 
@@ -306,7 +288,7 @@ def chat_main(
                 sink.write(json.dumps({**row, "answer": answer(chat, messages, sampling)}, ensure_ascii=False) + "\n")
                 sink.flush()
                 if output is not None:
-                    _notice(f"answered {number}/{len(rows)}")
+                    notice(f"answered {number}/{len(rows)}")
         finally:
             if output is not None:
                 sink.close()

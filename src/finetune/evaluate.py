@@ -80,9 +80,8 @@ def evaluate_rows(
     """Fine-tuned (and optionally base) model results on prepared `rows`."""
     from finetune.data.collate import make_collator
     from finetune.model.load import load_model
-    from finetune.train.trainer import SampleStartMasking
 
-    collate = SampleStartMasking(make_collator(settings, tokenizer))
+    collate = make_collator(settings, tokenizer)
     model = load_model(settings, tokenizer)
     if settings.adapter:
         from peft import PeftModel

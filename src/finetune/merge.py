@@ -32,7 +32,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -41,17 +40,15 @@ from typing import Any, Callable, Literal, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError, RecipeError
-from finetune.safetensors_stream import (FLOAT_CODES, INDEX_FILE, parse_size, st_code, weight_files, write_index,
+from finetune.model.load import notice
+from finetune.safetensors_stream import (FLOAT_CODES, INDEX_FILE, st_code, weight_files, write_index,
                                          write_sharded)
+from finetune.sizes import parse_size
 
 ADAPTER_PREFIX = "base_model.model."
 NF4_BLOCKSIZE = 64  # bitsandbytes' Params4bit default, which `load_in_4bit` uses
 TRAIN_HINT = "run `finetune train` first or pass --adapter DIR"
 MergeDtype = Literal["bf16", "fp16", "fp32"]
-
-
-def _notice(message: str) -> None:
-    print(f"finetune: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -128,10 +125,10 @@ def _step(name: str) -> int:
 
 def base_model_dir(settings: Settings) -> Path:
     """The local directory of `base_model` (a path, or a hub id already in the cache); RecipeError otherwise."""
-    from finetune.model.tokenizer import _require_local_or_cached
+    from finetune.model.tokenizer import require_local_or_cached
 
     where = settings.where("base_model")
-    _require_local_or_cached(settings.base_model, where, "base_model")
+    require_local_or_cached(settings.base_model, where, "base_model")
     path = Path(settings.base_model).expanduser()
     if path.is_dir():
         return path
@@ -146,7 +143,7 @@ def base_model_dir(settings: Settings) -> Path:
         ) from None
 
 
-def load_run_tokenizer(settings: Settings, adapter_dir: Path | None, notify: Callable[[str], None] = _notice) -> Any:
+def load_run_tokenizer(settings: Settings, adapter_dir: Path | None, notify: Callable[[str], None] = notice) -> Any:
     """The tokenizer saved with the run (chat template, trained eos/pad); else the recipe's, with its template."""
     from transformers import AutoTokenizer
 
@@ -184,7 +181,7 @@ def merge_adapter(
     max_shard_size: int | str = "2GB",
     quant_dtype: Any = None,
     monitor: MergeMonitor | None = None,
-    notify: Callable[[str], None] = _notice,
+    notify: Callable[[str], None] = notice,
 ) -> Path:
     """Merge the run's adapter into the base and write a standalone model to `out_dir` (default `output_dir/merged`).
 
@@ -206,7 +203,7 @@ def merge_adapter(
     out_torch = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(dtype)
     if out_torch is None:
         raise FinetuneError(f"--dtype {dtype}: expected bf16 or fp16")
-    shard_bytes = parse_size(max_shard_size)
+    shard_bytes = parse_size(max_shard_size, what="--max-shard-size")
     adapter_dir = resolve_adapter_dir(settings, adapter_dir)
     out_dir = Path(out_dir) if out_dir is not None else Path(settings.output_dir) / "merged"
     base_dir = base_model_dir(settings)

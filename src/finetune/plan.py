@@ -31,6 +31,7 @@ from typing import Any
 from finetune.config.settings import Settings
 from finetune.errors import RecipeError
 from finetune.model_shapes import BUILTIN_NAMES, ModelShapes, model_shapes
+from finetune.sizes import parse_size
 
 GIB, MIB = 1024**3, 1024**2
 NF4_BLOCK, NF4_BLOCK2 = 64, 256  # bitsandbytes blocksize, double-quant blocksize
@@ -316,7 +317,6 @@ def _activations(s: Settings, sh: ModelShapes, a: int, ds_half: bool, adapted: d
         x_bytes = o if name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj") else a
         adapter += (x_bytes * T * fan_in + T * fan_in) if s.lora_dropout > 0 else 0  # dropout copy + mask
         adapter += a * T * s.lora_r + (2 * a * T * fan_out if s.peft_use_dora else 0)
-    layer = norm + attention + mlp + adapter
     backward = a * T * (3 * I + 2 * H)
     items = []
     if s.gradient_checkpointing:
@@ -406,23 +406,6 @@ def _tokens_exist(s: Settings) -> bool | None:
 # --- output --------------------------------------------------------------------------------------
 
 
-def parse_size(text: str | int) -> int:
-    """'24GiB', '80GB', '24000MiB', '24 G' -> bytes (binary units for KiB/MiB/GiB and bare K/M/G; SI for KB/MB/GB).
-
-    A bare number means GiB."""
-    if isinstance(text, int):
-        return text
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)(b?)\s*", str(text), re.I)
-    if not match or (match.group(3) and not match.group(2)):
-        raise RecipeError(f"cannot read the memory size `{text}`; write e.g. 24GiB, 80GB or 24000MiB")
-    number, prefix, binary, byte = float(match.group(1)), match.group(2).lower(), match.group(3), match.group(4)
-    if not prefix:
-        return int(number * (GIB if not byte else 1))
-    power = "kmgt".index(prefix) + 1
-    base = 1000 if (byte and not binary) else 1024
-    return int(number * base**power)
-
-
 def _gib(size: int) -> str:
     return f"{size / GIB:6.2f}"
 
@@ -453,7 +436,7 @@ def format_plan(plan: MemoryPlan) -> str:
 
 def plan_main(settings: Settings, *, world_size: int, gpu_memory: str | int = 24 * GIB) -> int:
     """`finetune plan`: print the table; exit code 0 when it fits, 1 when it does not."""
-    plan = plan_memory(settings, world_size=world_size, gpu_memory_bytes=parse_size(gpu_memory))
+    plan = plan_memory(settings, world_size=world_size, gpu_memory_bytes=parse_size(gpu_memory, bare_unit=GIB, what="--gpu-memory"))
     print(format_plan(plan))
     return 0 if plan.fits else 1
 

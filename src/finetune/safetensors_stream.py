@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -25,23 +24,6 @@ FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 DTYPE_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
                "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes from 2000000, "2GB", "500MB" or "1GiB"."""
-    if isinstance(size, int):
-        value = size
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*", size, re.IGNORECASE)
-        if not match:
-            raise FinetuneError(f"--max-shard-size {size}: expected bytes or a size like 2GB, 500MB, 1GiB")
-        unit = match.group(2).upper().rstrip("B")
-        base = 1024 if unit.endswith("I") else 1000
-        power = " KMGT".index(unit[:1] or " ") if unit else 0
-        value = int(float(match.group(1)) * base**power)
-    if value <= 0:
-        raise FinetuneError(f"--max-shard-size {size}: must be positive")
-    return value
 
 
 def st_code(dtype: Any) -> str:

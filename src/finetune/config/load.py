@@ -186,7 +186,7 @@ def _suggest(loc: tuple) -> str:
             sub = _model_at((name, 0)) or _model_at((name,))
             if sub is not None and sub is not Settings and key in sub.model_fields:
                 return f"; `{key}` belongs under `{name}:`"
-    return f"; run `finetune keys` for the valid keys"
+    return "; run `finetune keys` for the valid keys"
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

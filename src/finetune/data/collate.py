@@ -7,7 +7,8 @@ Rows are padded to the longest in the batch, or to `sequence_len` with
   transformers then builds a block-diagonal causal mask from the position restarts
   (only when no attention mask and no KV cache are passed, so train with
   `use_cache=False`). Padding gets its own position run 0, 1, ... so it forms a
-  block of its own and no real token attends to it.
+  block of its own and no real token attends to it. The label at each sample's
+  first position is -100: nothing in its own sample precedes it.
 * Unpacked rows get an `attention_mask` (1 = token, 0 = padding).
 """
 
@@ -55,6 +56,9 @@ class Collator:
                 row_positions = np.asarray(row["position_ids"], dtype=np.int64)
                 positions[i, : len(row_positions)] = row_positions
                 positions[i, len(row_positions) :] = np.arange(width - len(row_positions))
+            # A sample's first label would be predicted from the previous sample's last token: never train it.
+            # (Prepared data already stores it as -100; this also guards hand-made rows.)
+            batch_labels[positions == 0] = IGNORE_INDEX
             out["position_ids"] = torch.from_numpy(positions)
         else:
             mask = np.zeros((len(rows), width), dtype=np.int64)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError, RecipeError
-from finetune.model.tokenizer import _require_local_or_cached
+from finetune.model.tokenizer import require_local_or_cached
 
 Notify = Callable[[str], None]
 
@@ -147,7 +147,7 @@ def load_model(settings: Settings, tokenizer: Any, *, precision: Precision | Non
     precision = precision or resolve_precision(settings)
     dtype = precision.torch_dtype
     where = settings.where("base_model")
-    _require_local_or_cached(settings.base_model, where, "base_model")
+    require_local_or_cached(settings.base_model, where, "base_model")
     kwargs: dict[str, Any] = {
         "attn_implementation": attention_backend(settings),
         "trust_remote_code": settings.trust_remote_code,

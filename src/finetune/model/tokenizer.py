@@ -22,7 +22,7 @@ def load_tokenizer(settings: Settings) -> Any:
     """The recipe's tokenizer (fast), with special tokens applied. Raises RecipeError naming the recipe line."""
     name = settings.tokenizer_config or settings.base_model
     key = "tokenizer_config" if settings.tokenizer_config else "base_model"
-    _require_local_or_cached(name, settings.where(key), key)
+    require_local_or_cached(name, settings.where(key), key)
     try:
         if _is_plain_fast_tokenizer(name):
             # The generic fast class needs no torch import (AutoTokenizer pulls in ~3 s of it).
@@ -72,7 +72,7 @@ def _is_plain_fast_tokenizer(name: str) -> bool:
     return declared in ("PreTrainedTokenizerFast", "TokenizersBackend")
 
 
-def _require_local_or_cached(name: str, where: str, key: str) -> None:
+def require_local_or_cached(name: str, where: str, key: str) -> None:
     """Fail early, with the recipe line, when a model is neither a local directory nor in the HF cache."""
     path = Path(name).expanduser()
     if path.exists():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -217,19 +216,22 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-def redact_config(data: Any, secrets: Sequence[str] = ()) -> Any:
-    """A recipe dict with secret-looking keys and token-looking values redacted (see run.redact), and any
-    known secret value removed from every string."""
-    from finetune.train.run import redact
+_SECRET_KEY = re.compile(r"(api_key|apikey|secret|password|(^|_)(hf|hub|wandb|auth|access)_token)$", re.I)
+_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|[0-9a-f]{40}|[A-Za-z0-9_-]{0,20}-?v1-[A-Za-z0-9_-]{20,})$")
 
-    def walk(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v) for v in value]
-        return scrub(value, secrets) if isinstance(value, str) else value
 
-    return walk(redact(data))
+def redact_config(data: Any, secrets: Sequence[str] = (), key: str = "") -> Any:
+    """A recipe dict with the values of secret-looking keys (api_key, hf_token...) and token-looking strings
+    replaced by <redacted>, and every known secret value (`known_secrets`) removed from the other strings."""
+    if isinstance(data, dict):
+        return {k: redact_config(v, secrets, str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact_config(v, secrets, key) for v in data]
+    if isinstance(data, str):
+        if _SECRET_KEY.search(key) or _SECRET_VALUE.match(data):
+            return REDACTED
+        return scrub(data, secrets)
+    return data
 
 
 class SecretFilter(logging.Filter):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,9 +18,6 @@ from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, RecipeError
 from finetune.model.load import Notify, notice
 
-REDACTED = "<redacted>"
-_SECRET_KEY = re.compile(r"(api_key|apikey|secret|password|(^|_)(hf|hub|wandb|auth|access)_token)$", re.I)
-_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|[0-9a-f]{40}|[A-Za-z0-9_-]{0,20}-?v1-[A-Za-z0-9_-]{20,})$")
 
 
 @dataclass(frozen=True)
@@ -153,20 +149,11 @@ def resolved_recipe_yaml(settings: Settings) -> str:
     """The validated recipe as YAML, every default filled in, secrets replaced by <redacted>."""
     import yaml
 
-    data = redact(settings.model_dump(mode="json"))
+    from finetune.train.resilience import known_secrets, redact_config
+
+    data = redact_config(settings.model_dump(mode="json"), known_secrets(os.environ))
     header = "# resolved by finetune: every key with its effective value; secrets redacted\n"
     return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-
-
-def redact(value: Any, key: str = "") -> Any:
-    """Replace values of secret-looking keys (api_key, hf_token...) and token-looking strings."""
-    if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, key) for v in value]
-    if isinstance(value, str) and (_SECRET_KEY.search(key) or _SECRET_VALUE.match(value)):
-        return REDACTED
-    return value
 
 
 def _resume_point(resume: bool | str, output_dir: Path) -> bool | str | None:

@@ -17,7 +17,6 @@ Why a subclass (measured in scripts/bench_train.py, see docs/benchmarks.md):
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -36,23 +35,6 @@ class TokenCounter:
 
     tokens: int = 0
     trained_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class SampleStartMasking:
-    """Wraps a collator: in packed rows, the label at each sample's first position is ignored.
-
-    Labels are unshifted, so that label is what the *previous* sample's last token would be trained to
-    predict across the boundary. (Templates start with an untrained BOS, so usually nothing changes.)
-    """
-
-    inner: Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]
-
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        batch = self.inner(rows)
-        if "position_ids" in batch:
-            batch["labels"] = batch["labels"].masked_fill(batch["position_ids"] == 0, IGNORE_INDEX)
-        return batch
 
 
 def trained_token_nll(hidden: Any, labels: Any, head: Any, text_config: Any) -> tuple[Any, Any]:
@@ -165,7 +147,7 @@ def build_trainer(
     return _trainer_class()(
         model=model,
         args=args,
-        data_collator=SampleStartMasking(collator),
+        data_collator=collator,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
