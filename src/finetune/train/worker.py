@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from finetune.config.settings import Settings
 from finetune.errors import FinetuneError
 
 DATA_TIMEOUT_S = 4 * 3600
@@ -153,7 +154,7 @@ def format_result(result: Any) -> str:
     return ", ".join(parts) + f"; outputs in {result.output_dir}"
 
 
-def prepare_first_on_each_machine(settings: Any, tokenizer: Any, ranks: Ranks, barrier: Callable[[], None], *,
+def prepare_first_on_each_machine(settings: Settings, tokenizer: Any, ranks: Ranks, barrier: Callable[[], None], *,
                                   force: bool) -> Any:
     """LOCAL_RANK 0 prepares (or reuses) the cache; the others wait for it, then load the cache."""
     from finetune.data.build import prepare_data
