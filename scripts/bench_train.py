@@ -6,7 +6,12 @@ layer, bf16 autocast where the CPU has it, gradient checkpointing, micro batch 1
 packed 4096-token rows (about 60% of tokens trained, like assistant-only chat data). Every variant runs
 in its own subprocess (so peak RSS is its own); the first optimizer step is warm-up and not timed.
 
-Usage: python scripts/bench_train.py [--steps 3] [--variants finetune,trl,finetune-qlora,trl-qlora]
+Variants: finetune (the fused loss head of finetune.loss), finetune-trlhead (`loss_head: trl`, TRL's tiled
+ChunkedLogProbFunction in our trainer), trl (plain TRL SFTTrainer), and their -qlora forms. `--hidden 512
+--layers 4` gives the wider tiny model on which the transformer layers weigh more.
+
+Usage: python scripts/bench_train.py [--steps 3] [--variants finetune,finetune-trlhead,trl,finetune-qlora,trl-qlora]
+       [--hidden 64 --layers 2]
 Prints a Markdown table (paste into docs/benchmarks.md).
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import statistics
@@ -50,10 +56,10 @@ def packed_rows(items: list[dict]) -> list[dict]:
     return rows
 
 
-def recipe_text(base: Path, out: Path, steps: int, qlora: bool) -> str:
+def recipe_text(base: Path, out: Path, steps: int, qlora: bool, loss_head: str = "fused") -> str:
     quant = "load_in_4bit: true\nadapter: qlora\n" if qlora else "adapter: lora\n"
     return (
-        f"base_model: {base}\ndatasets: [{{path: x.jsonl}}]\n{quant}lora_r: 64\nlora_alpha: 32\n"
+        f"base_model: {base}\nloss_head: {loss_head}\ndatasets: [{{path: x.jsonl}}]\n{quant}lora_r: 64\nlora_alpha: 32\n"
         "lora_target_linear: true\npeft_use_dora: true\nsample_packing: true\nsequence_len: 4096\n"
         "micro_batch_size: 1\ngradient_accumulation_steps: 2\noptimizer: adamw_torch\nlearning_rate: 0.0002\n"
         f"gradient_checkpointing: true\nbf16: auto\nmax_steps: {steps}\noutput_dir: {out}\n"
@@ -92,7 +98,8 @@ def run_one(variant: str, base: Path, steps: int) -> dict:
     used = sum(len(r["input_ids"]) for r in rows)
     trained = sum(sum(1 for x in r["labels"][1:] if x != -100) for r in rows)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{variant}-"))
-    settings = load_recipe_text(recipe_text(base, out, steps, qlora)).settings
+    loss_head = "trl" if "trlhead" in variant else "fused"  # finetune-trlhead: our trainer, TRL's tiled head
+    settings = load_recipe_text(recipe_text(base, out, steps, qlora, loss_head)).settings
     tokenizer = load_tokenizer(settings)
     timer = step_timer()
     if variant.startswith("finetune"):
@@ -131,7 +138,9 @@ def run_one(variant: str, base: Path, steps: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--variants", default="finetune,trl,finetune-qlora,trl-qlora")
+    parser.add_argument("--variants", default="finetune,finetune-trlhead,trl,finetune-qlora,trl-qlora")
+    parser.add_argument("--hidden", type=int, default=64, help="tiny model hidden size")
+    parser.add_argument("--layers", type=int, default=2, help="tiny model layers")
     parser.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "finetune-bench-tiny")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -140,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from finetune.tiny import build_tiny_llama
 
-    build_tiny_llama(args.model_dir)
+    if (args.hidden, args.layers) != (64, 2):
+        args.model_dir = args.model_dir.with_name(f"{args.model_dir.name}-h{args.hidden}-l{args.layers}")
+    build_tiny_llama(args.model_dir, hidden_size=args.hidden, layers=args.layers)
     results = []
     for variant in args.variants.split(","):
         proc = subprocess.run([sys.executable, __file__, "--one", variant, "--steps", str(args.steps),
@@ -151,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results.append(json.loads(line[7:]))
         print(f"done: {variant}", file=sys.stderr, flush=True)
+    print(f"model: hidden {args.hidden}, {args.layers} layers; {args.steps} steps; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
     print("| variant | s/step | tokens/step | trained/step | tokens/s | trained tokens/s | peak RSS GiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:

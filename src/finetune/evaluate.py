@@ -102,7 +102,7 @@ def evaluate_rows(
 def _score(model: Any, rows: Any, collate: Any, batch_size: int, name: str, progress: bool) -> EvalResult:
     import torch
 
-    from finetune.train.trainer import trained_token_nll
+    from finetune.loss import trained_token_nll
 
     start = time.perf_counter()
     total_nll, total_count = 0.0, 0

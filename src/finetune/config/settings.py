@@ -204,6 +204,11 @@ class Settings(Section):
     fp16: bool = Field(False, description="float16 compute with loss scaling.")
     tf32: bool = Field(False, description="Allow TF32 matmuls on Ampere+ GPUs.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (non-reentrant).")
+    loss_head: Literal["fused", "trl"] = Field(
+        "fused",
+        description="Trained-token loss head: fused (one pass over the vocabulary, gradients kept from the forward; "
+        "finetune.loss) | trl (TRL's tiled ChunkedLogProbFunction, recomputes logits in backward; for comparison).",
+    )
     logging_steps: int = Field(1, gt=0, description="Log every this many optimizer steps.")
     evals_per_epoch: Optional[int] = Field(None, gt=0, description="Evaluations per epoch.")
     eval_steps: Optional[int] = Field(None, gt=0, description="Evaluate every this many steps.")

@@ -7,8 +7,9 @@ Why a subclass (measured in scripts/bench_train.py, see docs/benchmarks.md):
   position_ids (it rebuilds them from `seq_lengths`), so our collator is used.
 - The loss: TRL's fused LM head scores *every* position off-Triton (CPU) and also computes entropy and
   top-1 for metrics. Here the backbone's final hidden states are gathered at trained positions first and
-  only those go through TRL's tiled `ChunkedLogProbFunction` (full-vocabulary logits never exist, on any
-  device). The forward still goes through the (possibly DDP-wrapped) model: `logits_to_keep=1`.
+  only those go through the trained-token loss head of `finetune.loss` (fused by default, TRL's tiled
+  `ChunkedLogProbFunction` with `loss_head: trl`; full-vocabulary logits never exist, on any device).
+  The forward still goes through the (possibly DDP-wrapped) model: `logits_to_keep=1`.
 - Normalisation: summed log-loss / trained tokens of the whole accumulation window (transformers'
   `num_items_in_batch`, across processes), so micro batch 1 x accumulation 4 == micro batch 4 x 1.
 - TRL casts trainable parameters of a quantized base to bf16; they are put back to fp32 (see
@@ -24,9 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from finetune.config.settings import Settings
-
-IGNORE_INDEX = -100
-VOCAB_TILE = 32768  # vocabulary columns per projection tile
+from finetune.loss import IGNORE_INDEX, VOCAB_TILE, trained_token_nll  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -35,29 +34,6 @@ class TokenCounter:
 
     tokens: int = 0
     trained_tokens: int = 0
-
-
-def trained_token_nll(hidden: Any, labels: Any, head: Any, text_config: Any) -> tuple[Any, Any]:
-    """Summed negative log-likelihood of the trained next-token labels, and their count.
-
-    `hidden` [B, T, H] final (normed) hidden states, `labels` [B, T] unshifted with -100 = not trained.
-    Only trained positions are projected, in vocabulary tiles (TRL's ChunkedLogProbFunction).
-    """
-    from trl.kernels import ChunkedLogProbFunction
-
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    count = mask.sum()
-    if not bool(mask.any()):
-        return hidden.sum() * 0.0, count  # keeps the graph connected for backward
-    weight, bias = head.weight, getattr(head, "bias", None)
-    selected = hidden[:, :-1][mask].to(weight.device)
-    logit_scale = getattr(text_config, "logit_scale", None) or 1.0
-    softcap = getattr(text_config, "final_logit_softcapping", None)
-    log_probs = ChunkedLogProbFunction.apply(
-        selected, weight, bias, targets[mask].to(weight.device), 1.0, VOCAB_TILE, softcap, logit_scale, ("log_probs",)
-    )[0]
-    return -log_probs.sum(), count
 
 
 def _trainer_class() -> type:
@@ -70,8 +46,10 @@ def _trainer_class() -> type:
 
         _tag_names = ["finetune", "sft"]
 
-        def __init__(self, *args: Any, counter: TokenCounter, pad_id: int, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, counter: TokenCounter, pad_id: int, loss_head: str = "fused",
+                     **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            self.loss_head = loss_head
             self.counter = counter
             self.pad_id = pad_id
             self._eval_sums: list[float] = [0.0, 0.0]  # trained-token NLL and count of the running evaluation
@@ -97,7 +75,8 @@ def _trainer_class() -> type:
             unwrapped = self.accelerator.unwrap_model(model)
             text_config = unwrapped.config.get_text_config()
             nll, count = trained_token_nll(
-                outputs.hidden_states[-1], labels, unwrapped.get_output_embeddings(), text_config
+                outputs.hidden_states[-1], labels, unwrapped.get_output_embeddings(), text_config,
+                loss_head=self.loss_head,
             )
             denominator = count if num_items_in_batch is None else num_items_in_batch
             loss = nll / torch_clamp_min1(denominator)
@@ -154,6 +133,7 @@ def build_trainer(
         callbacks=all_callbacks,
         counter=counter,
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else -1,
+        loss_head=settings.loss_head,
     )
 
 
