@@ -14,7 +14,7 @@ import yaml
 
 from finetune.config import load_recipe_text
 from finetune.errors import RecipeError
-from finetune.train.launch import bundled_deepspeed_dir
+from finetune.deepspeed_config import bundled_deepspeed_dir
 from finetune.model_shapes import model_shapes, shapes_from_config
 from finetune.plan import GIB, MIB, VOCAB_TILE, format_plan, plan_main, plan_memory
 from finetune.sizes import parse_size
@@ -231,7 +231,7 @@ def _measure_step(settings, config) -> int:  # noqa: ANN001
     from transformers import LlamaForCausalLM
 
     from finetune.model.adapters import apply_adapter
-    from finetune.train.trainer import trained_token_nll
+    from finetune.loss import trained_token_nll
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).float()
@@ -244,16 +244,18 @@ def _measure_step(settings, config) -> int:  # noqa: ANN001
     meter = LiveTensorBytes()
     with meter.mode:
         out = peft_model(input_ids=ids, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-        nll, count = trained_token_nll(out.hidden_states[-1], ids, peft_model.get_output_embeddings(), config)
+        nll, count = trained_token_nll(out.hidden_states[-1], ids, peft_model.get_output_embeddings(), config,
+                                       loss_head=settings.loss_head)
         (nll / count).backward()
     return meter.peak
 
 
-def test_estimate_matches_measured_peak_on_cpu() -> None:
+@pytest.mark.parametrize("loss_head", ["fused", "trl"])
+def test_estimate_matches_measured_peak_on_cpu(loss_head: str) -> None:
     """A 4-layer Llama (hidden 256, MLP 768) with LoRA+DoRA r16 and dropout, fp32, 512 tokens: the measured peak of
     live tensors during forward+backward vs the estimate's activations + loss head + gradients, with and without
     gradient checkpointing. On CPU, TRL's chunked log-prob folds each vocabulary tile with plain torch ops (a fused
-    Triton kernel on CUDA): that CPU-only allowance (7 tile-sized fp32 temporaries) is added to the estimate.
+    Triton kernel on CUDA): that CPU-only allowance (7 tile-sized fp32 temporaries) is added to its estimate.
     """
     from transformers import LlamaConfig
 
@@ -261,14 +263,14 @@ def test_estimate_matches_measured_peak_on_cpu() -> None:
                          num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False)
     shapes = shapes_from_config(config.to_dict(), "tiny-measured", "test")
     seq = 512
-    cpu_fold = 7 * (seq - 1) * min(config.vocab_size, VOCAB_TILE) * 4
     measured, estimated = {}, {}
     for checkpointing in (True, False):
         recipe = {"base_model": "tiny", "datasets": [{"path": "x.jsonl"}], "adapter": "lora", "lora_r": 16,
                   "lora_alpha": 32, "lora_dropout": 0.05, "lora_target_linear": True, "peft_use_dora": True,
                   "bf16": False, "sequence_len": seq, "gradient_checkpointing": checkpointing,
-                  "attn_implementation": "sdpa"}
+                  "attn_implementation": "sdpa", "loss_head": loss_head}
         settings = load_recipe_text(yaml.safe_dump(recipe)).settings
+        cpu_fold = 7 * (seq - 1) * min(config.vocab_size, VOCAB_TILE) * 4 if loss_head == "trl" else 0
         plan = plan_memory(settings, world_size=1, shapes=shapes)
         transient = plan.peak_bytes - plan.phase_bytes("always")
         estimated[checkpointing] = transient + plan.get("gradients") + cpu_fold

@@ -15,7 +15,8 @@ cache, else built-in Llama 3.1 8B / 70B shapes). It mirrors what finetune's trai
   With contiguous_gradients (DeepSpeed's default) every process allocates reduce_bucket_size-element gradient
   buckets, two of them with overlap_comm (deepspeed/runtime/zero/stage_1_and_2.py `setup_buckets`).
 - activations under gradient checkpointing: every layer's input is kept, one layer is recomputed at a time.
-- the loss: finetune's trainer projects only trained positions through TRL's ChunkedLogProbFunction (32768-column
+- the loss: finetune's trainer projects only trained positions through its fused head (`loss_head: fused`, 64-row
+  fp32 logit blocks) or TRL's ChunkedLogProbFunction (`loss_head: trl`, 32768-column
   vocabulary tiles, 4096-token chunks); full-vocabulary logits never exist.
 """
 
@@ -23,12 +24,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from finetune.config.settings import Settings
+from finetune.deepspeed_config import bundled_deepspeed_dir, resolve_deepspeed
 from finetune.errors import RecipeError
 from finetune.model_shapes import BUILTIN_NAMES, ModelShapes, model_shapes
 from finetune.sizes import parse_size
@@ -36,7 +37,8 @@ from finetune.sizes import parse_size
 GIB, MIB = 1024**3, 1024**2
 NF4_BLOCK, NF4_BLOCK2 = 64, 256  # bitsandbytes blocksize, double-quant blocksize
 BNB_8BIT_MIN_SIZE = 4096  # bnb optimizers keep 32-bit states for tensors smaller than this (min_8bit_size)
-VOCAB_TILE, TOKEN_CHUNK = 32768, 4096  # finetune.train.trainer.VOCAB_TILE, trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
+VOCAB_TILE, TOKEN_CHUNK = 32768, 4096  # finetune.loss.VOCAB_TILE, trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
+ROW_CHUNK = 64  # finetune.loss.ROW_CHUNK
 DS_DEFAULT_BUCKET = 500_000_000  # DeepSpeed's default reduce_bucket_size (elements)
 # Overheads not visible to torch.cuda.max_memory_allocated (sources: nvidia-smi of PyTorch processes on Ampere with
 # CUDA 12 lazy loading: 0.3-0.6 GiB for context + cuBLAS workspace; NCCL's per-peer buffers ~0.2-0.3 GiB; the
@@ -114,16 +116,12 @@ def zero_config(settings: Settings, hidden_size: int, path: Path | None = None) 
     """The recipe's DeepSpeed ZeRO settings (the JSON it resolves to, bundled configs included), or `path`'s."""
     if settings.deepspeed is None and path is None:
         return ZeroConfig()
-    from finetune.train.launch import resolve_deepspeed
-
+    # Resolved exactly as `finetune train` does (bundled stand-ins, ZeRO-3 refusal); never guessed from a name.
+    path = path or resolve_deepspeed(settings)[0]
     try:
-        path = path or resolve_deepspeed(settings)[0]
         data = json.loads(Path(path).read_text(encoding="utf-8")).get("zero_optimization") or {}
-    except (RecipeError, OSError, ValueError) as exc:
-        match = re.search(r"zero([0-3])", Path(settings.deepspeed).name)
-        if match is None:
-            raise RecipeError(f"{settings.where('deepspeed')}: cannot read the DeepSpeed config: {exc}") from None
-        return ZeroConfig(int(match.group(1)), settings.deepspeed, note=f"stage taken from the file name ({exc})")
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"{settings.where('deepspeed')}: cannot read the DeepSpeed config {path}: {exc}") from None
     stage = int(data.get("stage", 0))
     bucket = data.get("reduce_bucket_size", DS_DEFAULT_BUCKET)
     bucket = hidden_size * hidden_size if bucket == "auto" else int(float(bucket))  # transformers fills "auto" so
@@ -343,6 +341,14 @@ def _activations(s: Settings, sh: ModelShapes, a: int, ds_half: bool, adapted: d
     if loss_head == "full":
         items.append(Item("logits + loss (full vocabulary)", a * T * V + 3 * 4 * T * V, "loss",
                           "logits, fp32 upcast, log-softmax, grad"))
+    elif s.loss_head == "fused":
+        # finetune.loss.fused_nll: gathered rows, one fp32 row-block of logits, the hidden-state gradient kept from
+        # the forward, per-token losses; an fp32 weight gradient when the head is trained.
+        head = o * T * H + 4 * min(T, ROW_CHUNK) * V + 4 * T * H + 3 * 4 * T
+        head += 4 * V * H if head_trainable else 0
+        items.append(Item("loss head (fused, trained positions)", head, "loss",
+                          f"{ROW_CHUNK}-row fp32 logit blocks, gradients in the forward"
+                          + (", fp32 lm_head grad" if head_trainable else "")))
     else:
         head = o * T * H + a * min(T, TOKEN_CHUNK) * VOCAB_TILE + 4 * T * H + 7 * 4 * T + 4 * mbs * V
         head += 4 * V * H if head_trainable else 0  # ChunkedLogProbFunction's fp32 grad_weight for a trained lm_head
@@ -359,8 +365,6 @@ def _suggestions(s: Settings, plan: MemoryPlan, zero: ZeroConfig, loss_head: str
         steps.append(("drop lora_modules_to_save (the special tokens already exist in the vocabulary)",
                       {"lora_modules_to_save": None}, None))
     if zero.stage == 1 and plan.world_size > 1:
-        from finetune.train.launch import bundled_deepspeed_dir
-
         zero2 = zero_config(s, plan.shapes.hidden_size, bundled_deepspeed_dir() / "zero2.json")
         steps.append(("deepspeed: zero2.json instead of ZeRO-1 (partitions gradients too)", {}, zero2))
     if s.optimizer not in EIGHT_BIT_OPTIMIZERS:

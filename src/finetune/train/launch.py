@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from finetune.config.settings import Settings
+from finetune.deepspeed_config import BUNDLED_DEEPSPEED, bundled_deepspeed_dir, resolve_deepspeed  # noqa: F401 (re-exported)
 from finetune.errors import FinetuneError, RecipeError
 
-BUNDLED_DEEPSPEED = ("zero1.json", "zero2.json", "zero2_offload.json", "zero3.json")
 DEFAULT_MASTER_PORT = 29500
 
 
@@ -124,63 +124,6 @@ def torchrun_command(topology: Topology, args: Sequence[str], *, python: str | N
         cmd.append(f"--master_addr={topology.master_addr or '127.0.0.1'}")
         cmd.append(f"--master_port={topology.master_port or DEFAULT_MASTER_PORT}")
     return cmd + ["-m", "finetune.train.worker", *args]
-
-
-# --- DeepSpeed configs ----------------------------------------------------------------------------
-
-
-def bundled_deepspeed_dir() -> Path:
-    """The repository's `deepspeed_configs/` (editable install), else `<prefix>/share/finetune/deepspeed_configs`."""
-    import finetune
-
-    candidates = [
-        Path(finetune.__file__).resolve().parents[2] / "deepspeed_configs",
-        Path(sys.prefix) / "share" / "finetune" / "deepspeed_configs",
-    ]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    return candidates[0]
-
-
-def resolve_deepspeed(settings: Settings, *, bundled: Path | None = None) -> tuple[Path | None, str | None]:
-    """The DeepSpeed JSON to use and a notice when a bundled config stands in for a missing path.
-
-    An existing path is used as is. A missing path whose file name is a bundled config (the Axolotl
-    seed's `/path/to/deepspeed_configs/zero2.json`) resolves to ours, with a notice. Anything else is a
-    RecipeError pointing at the recipe line.
-    """
-    if settings.deepspeed is None:
-        return None, None
-    given = Path(settings.deepspeed).expanduser()
-    where = settings.where("deepspeed")
-    if given.is_file():
-        return _supported(given.resolve(), where), None
-    if given.exists():
-        raise RecipeError(f"{where}: deepspeed `{settings.deepspeed}` is not a file; expected a DeepSpeed JSON config")
-    directory = bundled or bundled_deepspeed_dir()
-    if given.name in BUNDLED_DEEPSPEED and (directory / given.name).is_file():
-        path = _supported((directory / given.name).resolve(), where)
-        return path, f"{where}: deepspeed `{settings.deepspeed}` does not exist; using the bundled {path}"
-    known = ", ".join(BUNDLED_DEEPSPEED)
-    raise RecipeError(f"{where}: deepspeed `{settings.deepspeed}`: no such file (bundled configs: {known})")
-
-
-def _supported(path: Path, where: str) -> Path:
-    """Reject configs the trainer cannot honour, before any process starts."""
-    import json
-
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RecipeError(f"{where}: deepspeed `{path}` is not valid JSON ({exc})") from None
-    stage = config.get("zero_optimization", {}).get("stage", 0) if isinstance(config, dict) else 0
-    if stage == 3:
-        raise RecipeError(
-            f"{where}: ZeRO-3 ({path.name}) is not supported yet: finetune's trained-token loss reads the "
-            "full lm_head, which ZeRO-3 partitions; use zero2.json (or zero2_offload.json for less memory)"
-        )
-    return path
 
 
 # --- entry point for the CLI ---------------------------------------------------------------------
