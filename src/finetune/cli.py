@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", type=int, default=None, metavar="N",
                    help="GPUs/processes to plan for (default: WORLD_SIZE or 1)")
 
+    from finetune.importers.command import add_arguments as import_arguments
+
+    p = command("import", _import, "turn a Telegram or WhatsApp chat export into chat_template JSONL rows",
+                recipe=False)
+    import_arguments(p)
+
     p = command("train", _train, "fine-tune the model the recipe describes")
     p.add_argument("--num-processes", type=int, default=None, metavar="N",
                    help="processes to start (default: one per visible GPU, else 1; on CPU N gloo processes)")
@@ -220,6 +226,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         base=not args.no_base,
         batch_size=args.batch_size,
     )
+
+
+def _import(args: argparse.Namespace) -> int:
+    from finetune.importers.command import run
+
+    return run(args)
 
 
 def _plan(args: argparse.Namespace) -> int:

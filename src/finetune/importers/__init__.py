@@ -1,0 +1,1 @@
+"""`finetune import`: Telegram and WhatsApp chat exports to chat_template JSONL rows."""

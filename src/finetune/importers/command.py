@@ -1,0 +1,105 @@
+"""`finetune import telegram|whatsapp`: arguments and the run that writes rows and the summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from finetune.errors import DataError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["telegram", "whatsapp"], help="which app the export comes from")
+    p.add_argument("exports", nargs="+", metavar="EXPORT",
+                   help="Telegram result.json, or one or more WhatsApp .txt files")
+    p.add_argument("--output", "-o", required=True, metavar="FILE.jsonl", help="rows {\"messages\": [...]} go here")
+    p.add_argument("--me", default=None, metavar="NAME",
+                   help="you: your display name or Telegram id (user1234); optional for a full Telegram export")
+    p.add_argument("--gap", default="6h", metavar="DURATION",
+                   help="a silence longer than this starts a new conversation (90m, 6h, 2d; default 6h)")
+    p.add_argument("--system", default=None, help="a system turn at the start of every row")
+    p.add_argument("--min-turns", type=int, default=2, metavar="N",
+                   help="drop conversations with fewer turns after trimming (default 2: one exchange)")
+    p.add_argument("--speaker-names", action="store_true", help="prefix user turns with the sender's name (group chats)")
+    p.add_argument("--redact", action="store_true",
+                   help="replace emails, phone numbers, URLs and long digit runs with <email>, <phone>, <url>, <number>")
+    p.add_argument("--redact-names", action="store_true", help="replace the other participants' names with <name>")
+    p.add_argument("--date-order", choices=["dmy", "mdy"], default=None,
+                   help="WhatsApp: day-first or month-first dates (default: inferred from the file)")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError:
+        raise DataError(f"--gap {text!r}: expected a duration such as 90m, 6h or 2d") from None
+    if seconds <= 0:
+        raise DataError(f"--gap {text!r}: must be positive")
+    return seconds
+
+
+class _Progress:
+    """A line on stderr every few seconds while a large file is read."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled and total > 20_000_000
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self.last >= 2:
+            self.last = now
+            rate = done / max(now - self.start, 1e-9) / 1e6
+            print(f"read {done / 1e6:,.0f} of {self.total / 1e6:,.0f} MB ({100 * done / self.total:.0f}%, "
+                  f"{rate:.0f} MB/s)", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from finetune.importers.conversations import AtomicJsonl, ImportOptions, Stats, chat_rows, check_me_spoke, \
+        is_me, print_summary
+
+    options = ImportOptions(me=args.me, gap_seconds=parse_duration(args.gap), system=args.system,
+                            min_turns=args.min_turns, speaker_names=args.speaker_names, redact=args.redact,
+                            redact_names=args.redact_names)
+    paths = [Path(p) for p in args.exports]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+    if args.kind == "telegram" and len(paths) != 1:
+        raise DataError("telegram: pass one result.json (a full-account export holds every chat)")
+    if args.kind == "whatsapp" and not args.me:
+        raise DataError("whatsapp: pass --me NAME (your name as it appears in the export)")
+    output = Path(args.output)
+    stats = Stats()
+    out = AtomicJsonl(output, args.overwrite)
+    try:
+        if args.kind == "telegram":
+            from finetune.importers.telegram import import_telegram
+
+            progress = _Progress(paths[0].stat().st_size, not args.no_progress)
+            import_telegram(paths[0], options, out.write, stats, progress)
+        else:
+            from finetune.importers.whatsapp import read_whatsapp
+
+            for path in paths:
+                messages = read_whatsapp(path, options, args.date_order, stats)
+                for m in messages:
+                    stats.senders[m.sender] += 1
+                    stats.me_spoke += is_me(options, set(), m)
+                for row in chat_rows(messages, options, set(), stats):
+                    out.write(row)
+        check_me_spoke(stats, args.me or "(from personal_information)")
+        if stats.conversations == 0:
+            raise DataError("no conversation left to write (every one was dropped; see --gap and --min-turns)")
+    except BaseException:
+        out.abort()
+        raise
+    out.commit()
+    print_summary(stats, output)
+    return 0

@@ -1,0 +1,162 @@
+"""Messages of one chat -> training rows: split at silences, merge same-side turns, trim, count."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterable
+
+from finetune.errors import DataError
+from finetune.importers.redact import name_pattern, redact, redact_names
+
+
+@dataclass(frozen=True)
+class Message:
+    """One text message: seconds since the epoch, who sent it (id and display name), the text."""
+
+    time: float
+    sender_id: str
+    sender: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    me: str | None
+    gap_seconds: float = 6 * 3600
+    system: str | None = None
+    min_turns: int = 2
+    speaker_names: bool = False
+    redact: bool = False
+    redact_names: bool = False
+
+
+@dataclass
+class Stats:
+    """What an import read, kept and dropped, for the summary table."""
+
+    read: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    conversations: int = 0
+    conversations_dropped: Counter = field(default_factory=Counter)
+    turns: int = 0
+    characters: int = 0
+    redactions: Counter = field(default_factory=Counter)
+    senders: Counter = field(default_factory=Counter)
+    me_spoke: int = 0
+    notices: list[str] = field(default_factory=list)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n
+
+
+def is_me(options: ImportOptions, me_ids: set[str], message: Message) -> bool:
+    return message.sender_id in me_ids or (options.me is not None and message.sender == options.me)
+
+
+def split_conversations(messages: list[Message], gap_seconds: float) -> Iterable[list[Message]]:
+    """Consecutive runs of messages with no silence longer than `gap_seconds`."""
+    current: list[Message] = []
+    for message in messages:
+        if current and message.time - current[-1].time > gap_seconds:
+            yield current
+            current = []
+        current.append(message)
+    if current:
+        yield current
+
+
+def chat_rows(messages: list[Message], options: ImportOptions, me_ids: set[str], stats: Stats) -> Iterable[dict]:
+    """The training rows of one chat's text messages (in time order)."""
+    others = {m.sender for m in messages if not is_me(options, me_ids, m)}
+    names = name_pattern(others) if options.redact_names else None
+    pseudonyms = {name: f"Person {i}" for i, name in enumerate(sorted(others), 1)}
+    for conversation in split_conversations(messages, options.gap_seconds):
+        turns: list[list] = []  # [role, [texts], message count]
+        for m in conversation:
+            role = "assistant" if is_me(options, me_ids, m) else "user"
+            text = m.text
+            if options.redact:
+                text = redact(text, stats.redactions)
+            if names is not None:
+                text = redact_names(text, names, stats.redactions)
+            if role == "user" and options.speaker_names:
+                speaker = pseudonyms[m.sender] if options.redact_names else m.sender
+                text = f"{speaker}: {text}"
+            if turns and turns[-1][0] == role:
+                turns[-1][1].append(text)
+                turns[-1][2] += 1
+            else:
+                turns.append([role, [text], 1])
+        if not any(t[0] == "assistant" for t in turns):
+            stats.conversations_dropped["me never speaks"] += 1
+            stats.drop("conversation without me", len(conversation))
+            continue
+        while turns and turns[0][0] == "assistant":  # nothing prompts it
+            stats.drop("leading own messages", turns.pop(0)[2])
+        while turns and turns[-1][0] == "user":  # nothing answers it
+            stats.drop("trailing unanswered", turns.pop()[2])
+        if len(turns) < max(options.min_turns, 2):
+            stats.conversations_dropped["shorter than --min-turns"] += 1
+            stats.drop("too short", sum(t[2] for t in turns))
+            continue
+        rows = [{"role": "system", "content": options.system}] if options.system else []
+        rows += [{"role": role, "content": "\n".join(texts)} for role, texts, _ in turns]
+        stats.conversations += 1
+        stats.turns += len(turns)
+        stats.kept += sum(t[2] for t in turns)
+        stats.characters += sum(len(r["content"]) for r in rows)
+        yield {"messages": rows}
+
+
+class AtomicJsonl:
+    """Rows written to a temporary file beside `path`, renamed over it only on `commit()`."""
+
+    def __init__(self, path: Path, overwrite: bool):
+        if path.exists() and not overwrite:
+            raise DataError(f"{path}: already exists; pass --overwrite to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self.path, self.tmp = path, Path(tmp)
+        self.file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def check_me_spoke(stats: Stats, me_label: str) -> None:
+    if stats.read == 0:
+        raise DataError("the export holds no text messages")
+    if stats.me_spoke == 0:
+        seen = ", ".join(f"{name} ({n})" for name, n in stats.senders.most_common(20))
+        raise DataError(f"--me {me_label!r} never speaks in this export; senders seen (messages): {seen}")
+
+
+def print_summary(stats: Stats, output: Path, file: IO[str] | None = None) -> None:
+    file = file or sys.stderr
+    rows = [("messages read", stats.read), ("messages kept", stats.kept)]
+    rows += [(f"  dropped: {reason}", n) for reason, n in sorted(stats.dropped.items())]
+    rows += [("conversations written", stats.conversations)]
+    rows += [(f"  conversations dropped: {r}", n) for r, n in sorted(stats.conversations_dropped.items())]
+    rows += [("turns", stats.turns), ("characters", stats.characters)]
+    rows += [(f"redacted: {kind}", n) for kind, n in sorted(stats.redactions.items()) if n]
+    width = max(len(k) for k, _ in rows)
+    for notice in stats.notices:
+        print(f"notice: {notice}", file=file)
+    print(f"wrote {output}", file=file)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value:>10,}", file=file)
