@@ -10,13 +10,11 @@ import pytest
 
 from finetune.config import load_recipe_text
 from finetune.errors import FinetuneError, RecipeError
+from finetune.deepspeed_config import BUNDLED_DEEPSPEED, bundled_deepspeed_dir, resolve_deepspeed
 from finetune.train.launch import (
-    BUNDLED_DEEPSPEED,
-    bundled_deepspeed_dir,
     decide_num_processes,
     in_launched_process,
     make_topology,
-    resolve_deepspeed,
     torchrun_command,
     worker_args,
 )
@@ -146,7 +144,6 @@ def test_bundled_configs_leave_batch_and_precision_to_the_trainer(name):
 def test_zero3_is_refused_with_the_recipe_line(tmp_path):
     from finetune.config import load_recipe_text
     from finetune.errors import RecipeError
-    from finetune.train.launch import resolve_deepspeed
 
     settings = load_recipe_text(
         "base_model: m\ndatasets:\n  - path: d.jsonl\ndeepspeed: /path/to/deepspeed_configs/zero3.json\n", file="r.yml"

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from finetune.train.trainer import summarize, trained_token_nll, write_loss_plot
+from finetune.loss import trained_token_nll
+from finetune.train.trainer import summarize, write_loss_plot
 
 
 def test_trained_token_nll_equals_full_logits_cross_entropy() -> None:
@@ -98,7 +99,6 @@ def test_eval_loss_is_per_trained_token_over_the_split(micro_llama_dir: Path, tm
     from finetune.data.collate import make_collator
     from finetune.model.tokenizer import load_tokenizer
     from finetune.train.run import run_training
-    from finetune.train.trainer import trained_token_nll
 
     settings = load_recipe_text(
         f"base_model: {micro_llama_dir}\ndatasets: [{{path: x.jsonl}}]\nadapter: lora\nlora_target_linear: true\n"

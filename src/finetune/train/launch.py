@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from finetune.config.settings import Settings
-from finetune.deepspeed_config import BUNDLED_DEEPSPEED, bundled_deepspeed_dir, resolve_deepspeed  # noqa: F401 (re-exported)
-from finetune.errors import FinetuneError, RecipeError
+from finetune.deepspeed_config import resolve_deepspeed
+from finetune.errors import FinetuneError
 
 DEFAULT_MASTER_PORT = 29500
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from finetune.config.settings import Settings
-from finetune.loss import IGNORE_INDEX, VOCAB_TILE, trained_token_nll  # noqa: F401 (re-exported)
+from finetune.loss import trained_token_nll
 
 
 @dataclass

@@ -91,7 +91,7 @@ def run_worker(
     from finetune.config import load_recipe
     from finetune.model.tokenizer import load_tokenizer
     from finetune.train import resilience, tracking
-    from finetune.train.launch import resolve_deepspeed
+    from finetune.deepspeed_config import resolve_deepspeed
     from finetune.train.run import run_training
 
     say = say or _printer(ranks)
