@@ -190,3 +190,10 @@ def test_recipe_reference_page_is_current():
 
     page = ROOT / "docs" / "recipe-reference.md"
     assert page.read_text(encoding="utf-8") == reference_markdown(), "run: python scripts/gen_recipe_reference.py"
+
+
+def test_loss_head_defaults_to_fused_and_rejects_unknown_values_with_the_line():
+    assert load_recipe_text(MINIMAL).settings.loss_head == "fused"
+    text = MINIMAL + "loss_head: fast\n"
+    message = error_of(text)
+    assert f"r.yml:{line_of(text, 'loss_head')}" in message and "fused" in message and "trl" in message

@@ -142,15 +142,13 @@ def _autograd_function() -> type:
                 if want_b:
                     grad_b.add_(z.sum(0))
                 g = z if dtype == torch.float32 else z.to(dtype)
-                acc = torch.zeros(last - first, hidden.shape[1], dtype=torch.float32, device=hidden.device)
+                if want_h:
+                    grad_h[first:last] = 0.0
                 for i, (s, e) in enumerate(spans):
-                    w_i = tile(i)
                     if want_h:
-                        acc.add_(g[:, s:e] @ w_i)
+                        grad_h[first:last].add_(g[:, s:e] @ tile(i))
                     if want_w:
                         grad_w[s:e].add_(g[:, s:e].t() @ rows)
-                if want_h:
-                    grad_h[first:last] = acc
             ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
             ctx.present = (grad_h is not None, grad_w is not None, grad_b is not None)
             ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)

@@ -130,6 +130,8 @@ class AtomicJsonl:
         self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.tmp, self.path)
 

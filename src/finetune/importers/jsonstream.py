@@ -102,12 +102,8 @@ class JsonStream:
                 raise self.error("expected an object key")
             self.expect(":")
             yield key
-            nxt = self.peek()
-            self.pos += 1
-            if nxt == "}":
+            if self._closed("}"):
                 return
-            if nxt != ",":
-                raise self.error(f"expected ',' or '}}', found {nxt or 'the end of the file'!r}")
 
     def elements(self):
         """Iterate an array; the caller reads (or enters) each element before the next."""
@@ -117,9 +113,15 @@ class JsonStream:
             return
         while True:
             yield
-            nxt = self.peek()
-            self.pos += 1
-            if nxt == "]":
+            if self._closed("]"):
                 return
-            if nxt != ",":
-                raise self.error(f"expected ',' or ']', found {nxt or 'the end of the file'!r}")
+
+    def _closed(self, close: str) -> bool:
+        """After a member: True at the container's `close`, False after a ',' (anything else is an error)."""
+        nxt = self.peek()
+        self.pos += 1
+        if nxt == close:
+            return True
+        if nxt != ",":
+            raise self.error(f"expected ',' or {close!r}, found {nxt or 'the end of the file'!r}")
+        return False
