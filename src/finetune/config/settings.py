@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_core import to_jsonable_python
+from pydantic_core import PydanticCustomError, to_jsonable_python
 
 from finetune.config.yaml_source import RecipeSource
 
@@ -306,8 +306,10 @@ class Settings(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
-        for key, message in contradictions(self):
-            raise ValueError(f"[{key}] {message}")
+        found = contradictions(self)
+        if found:  # all of them in one error; the recipe loader gives each its line
+            text = "; ".join(f"{key}: {message}" for key, message in found)
+            raise PydanticCustomError("contradictions", "{text}", {"text": text, "found": found})
         return self
 
     # --- derived values ----------------------------------------------------------------
