@@ -155,6 +155,17 @@ def test_malformed_yaml(text, expected):
     assert expected in error_of(text)
 
 
+@pytest.mark.parametrize(
+    "opened, what", [("lora_dropout: [0.05", "flow sequence"), ('wandb_name: "unclosed', "quoted scalar")]
+)
+def test_yaml_syntax_error_names_where_the_construct_started(opened, what):
+    text = MINIMAL + "lora_r: 8\n" + opened + "\nlora_alpha: 16\nseed: 1\n"
+    message = error_of(text)
+    start = line_of(text, opened)
+    assert f"{what} that starts at line {start};" in message
+    assert message.startswith("r.yml:") and int(message.split(":")[1]) > start  # where the parser noticed
+
+
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(RecipeError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.yml")
