@@ -119,13 +119,12 @@ def _parser() -> argparse.ArgumentParser:
 # --- commands ----------------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace, announce: bool = True):
+def _load(args: argparse.Namespace):
     from finetune.config import load_recipe
 
     loaded = load_recipe(args.config, args.overrides)
-    if announce:
-        for notice in loaded.notices:
-            print(f"notice: {notice}", file=sys.stderr)
+    for notice in loaded.notices:
+        print(f"notice: {notice}", file=sys.stderr)
     return loaded
 
 
