@@ -193,3 +193,10 @@ def test_non_data_fields_leave_the_prepared_rows_unchanged(data_settings, write_
         output_dir="elsewhere",
     )
     assert rows(other, llama3_tokenizer) == base
+
+
+def test_the_key_reference_says_which_keys_rebuild_the_cache():
+    from finetune.config.describe import DATA_NOTE, key_reference
+
+    noted = {key.replace("[]", "") for key, _, _, meaning in key_reference() if meaning.endswith(DATA_NOTE)}
+    assert noted == marked()
