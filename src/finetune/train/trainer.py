@@ -29,6 +29,7 @@ from trl import SFTTrainer
 from finetune.config.settings import Settings
 from finetune.loss import trained_token_nll
 from finetune.model.adapters import trainable_to_fp32
+from finetune.train.collective import all_reduce
 
 
 @dataclass
@@ -60,7 +61,7 @@ class FinetuneTrainer(SFTTrainer):
         self._eval_sums = [0.0, 0.0]
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                          metric_key_prefix)
-        nll, count = _all_reduce_sum([float(v) for v in self._eval_sums], self.args.device)
+        nll, count = all_reduce([float(v) for v in self._eval_sums], self.args.device)
         key = f"{metric_key_prefix}_loss"
         if count > 0 and key in output.metrics:
             output.metrics[key] = nll / count
@@ -147,19 +148,6 @@ def peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def _all_reduce_sum(values: list[Any], device: Any) -> list[Any]:
-    """Sum `values` (ints or floats) over all processes; as given when not distributed."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    floats = any(isinstance(v, float) for v in values)
-    tensor = torch.tensor(values, dtype=torch.float64 if floats else torch.long, device=device)
-    dist.all_reduce(tensor)
-    return [float(v) if floats else int(v) for v in tensor.tolist()]
-
-
 def summarize(log_history: Sequence[Mapping[str, Any]], *, steps: int, tokens: int, trained_tokens: int,
               wall_s: float, peak_memory: int) -> dict[str, Any]:
     """The run summary from the trainer's log history and counters (pure)."""
@@ -221,7 +209,7 @@ def summary_callbacks(counter: TokenCounter, output_dir: Path) -> list[Any]:
 
         def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
             wall = time.perf_counter() - self.started
-            tokens, trained = _all_reduce_sum([counter.tokens, counter.trained_tokens], args.device)
+            tokens, trained = all_reduce([counter.tokens, counter.trained_tokens], args.device)
             self.summary = summarize(state.log_history, steps=state.global_step, tokens=tokens,
                                      trained_tokens=trained, wall_s=wall, peak_memory=peak_memory_bytes())
             # run_training writes it after the adapter is saved: its presence means "finished".
