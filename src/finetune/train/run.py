@@ -55,26 +55,60 @@ def run_training(
     `world_size`: processes in the run (default: $WORLD_SIZE or 1). `callbacks`: extra TrainerCallbacks
     (tracking, signals).
     """
-    from finetune.data.collate import make_collator
-    from finetune.model.adapters import apply_adapter
-    from finetune.model.load import load_model, resolve_precision
-    from finetune.train.args import sft_config, steps_per_epoch
-    from finetune.train.trainer import TokenCounter, build_trainer, summary_callbacks
+    from finetune.train.trainer import TokenCounter, summary_callbacks
 
     output_dir = Path(output_dir if output_dir is not None else settings.output_dir)
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     resume_from = _resume_point(resume, output_dir)
     template = chat_template_source(settings, tokenizer, notify)
+    if len(prepared.train) == 0:
+        raise FinetuneError("the prepared training split is empty; nothing to train")
+    model, precision = setup_model(settings, tokenizer, notify)
+    counter = TokenCounter()
+    own = summary_callbacks(counter, output_dir)
+    trainer = build(
+        settings, model, tokenizer, prepared, precision=precision, world_size=world_size,
+        output_dir=output_dir, counter=counter, callbacks=[*own, *callbacks],
+    )
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.yml").write_text(resolved_recipe_yaml(settings), encoding="utf-8")
+    trainer.train(resume_from_checkpoint=resume_from)
+    return save_run(trainer, tokenizer, template, output_dir, summary=dict(own[0].summary or {}), prepared=prepared)
 
+
+def setup_model(settings: Settings, tokenizer: Any, notify: Notify = notice) -> tuple[Any, Any]:
+    """(the base model with the recipe's adapter, its precision), seeded first: adapter initialisation is random."""
     from transformers import set_seed
 
-    set_seed(settings.seed)  # adapter initialisation is random
+    from finetune.model.adapters import apply_adapter
+    from finetune.model.load import load_model, resolve_precision
+
+    set_seed(settings.seed)
     precision = resolve_precision(settings)
     model = load_model(settings, tokenizer, precision=precision, notify=notify)
     if settings.adapter:
         model = apply_adapter(settings, model, notify=notify)
-    if len(prepared.train) == 0:
-        raise FinetuneError("the prepared training split is empty; nothing to train")
+    return model, precision
+
+
+def build(
+    settings: Settings,
+    model: Any,
+    tokenizer: Any,
+    prepared: Any,
+    *,
+    precision: Any,
+    world_size: int,
+    output_dir: Path,
+    counter: Any,
+    callbacks: Sequence[Any],
+) -> Any:
+    """The trainer: training arguments from the recipe, the collator, the prepared splits."""
+    from finetune.data.collate import make_collator
+    from finetune.train.args import sft_config, steps_per_epoch
+    from finetune.train.trainer import build_trainer
+
     per_epoch = steps_per_epoch(
         len(prepared.train),
         micro_batch_size=settings.micro_batch_size,
@@ -82,9 +116,7 @@ def run_training(
         world_size=world_size,
     )
     args = sft_config(settings, steps_per_epoch=per_epoch, output_dir=str(output_dir), precision=precision)
-    counter = TokenCounter()
-    own = summary_callbacks(counter, output_dir)
-    trainer = build_trainer(
+    return build_trainer(
         settings,
         model,
         tokenizer,
@@ -93,18 +125,19 @@ def run_training(
         args=args,
         collator=make_collator(settings, tokenizer),
         counter=counter,
-        callbacks=[*own, *callbacks],
+        callbacks=callbacks,
     )
-    if trainer.is_world_process_zero():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "recipe.yml").write_text(resolved_recipe_yaml(settings), encoding="utf-8")
-    trainer.train(resume_from_checkpoint=resume_from)
+
+
+def save_run(
+    trainer: Any, tokenizer: Any, template: str | None, output_dir: Path, *, summary: dict[str, Any], prepared: Any
+) -> RunResult:
+    """Save the model and tokenizer, then run_summary.json last (its presence means the run finished)."""
     save_outputs(trainer, tokenizer, template, output_dir)
-    summary = dict(own[0].summary or {})
     efficiency = getattr(getattr(prepared, "summary", None), "packing_efficiency", None)
     if efficiency is not None:
         summary["packing_efficiency"] = efficiency
-    if trainer.is_world_process_zero():  # written last: a run_summary.json means the run finished
+    if trainer.is_world_process_zero():
         (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return RunResult(output_dir=output_dir, summary=summary, checkpoints=checkpoints, global_step=trainer.state.global_step)
