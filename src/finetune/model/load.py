@@ -136,8 +136,12 @@ def attention_backend(settings: Settings) -> str:
     return "sdpa"
 
 
-def load_model(settings: Settings, tokenizer: Any, *, precision: Precision | None = None, notify: Notify = notice) -> Any:
-    """Load the base model for training: quantized if asked, cache off, embeddings sized to the tokenizer.
+def load_model(
+    settings: Settings, tokenizer: Any, *, precision: Precision | None = None, notify: Notify = notice,
+    local_rank: int = 0,
+) -> Any:
+    """Load the base model for training: quantized if asked (onto GPU `local_rank`), cache off, embeddings
+    sized to the tokenizer.
 
     Raises RecipeError (naming the recipe line) when the model cannot be found, or when new special tokens
     need `lora_modules_to_save: [embed_tokens, lm_head]` with an adapter.
@@ -157,7 +161,7 @@ def load_model(settings: Settings, tokenizer: Any, *, precision: Precision | Non
     quant = quantization_config(settings, dtype=dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = _quantized_device_map()
+        kwargs["device_map"] = _quantized_device_map(local_rank)
     try:
         model = AutoModelForCausalLM.from_pretrained(settings.base_model, **kwargs)
     except (OSError, ValueError) as exc:
@@ -238,14 +242,12 @@ def _fp32() -> Any:
     return torch.float32
 
 
-def _quantized_device_map() -> Any:
-    """bitsandbytes places weights at load time: the local GPU under a launcher, else the CPU."""
-    import os
-
+def _quantized_device_map(local_rank: int) -> Any:
+    """bitsandbytes places weights at load time: this process's GPU (`local_rank`), else the CPU."""
     import torch
 
     if torch.cuda.is_available():
-        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+        return {"": local_rank}
     return {"": "cpu"}
 
 

@@ -45,25 +45,25 @@ def run_training(
     *,
     output_dir: Path | None = None,
     resume: bool | str = False,
-    world_size: int | None = None,
+    world_size: int = 1,
+    local_rank: int = 0,
     callbacks: Sequence[Any] = (),
     notify: Notify = notice,
 ) -> RunResult:
     """Train on `prepared` (finetune.data.build.PreparedData: .train, .eval) and save everything.
 
     `resume`: False, True (the latest checkpoint in output_dir) or a checkpoint directory.
-    `world_size`: processes in the run (default: $WORLD_SIZE or 1). `callbacks`: extra TrainerCallbacks
-    (tracking, signals).
+    `world_size`, `local_rank`: this process's place in the run (read from the environment once, by the
+    worker). `callbacks`: extra TrainerCallbacks (tracking, signals).
     """
     from finetune.train.trainer import TokenCounter, summary_callbacks
 
     output_dir = Path(output_dir if output_dir is not None else settings.output_dir)
-    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     resume_from = _resume_point(resume, output_dir)
     template = chat_template_source(settings, tokenizer, notify)
     if len(prepared.train) == 0:
         raise FinetuneError("the prepared training split is empty; nothing to train")
-    model, precision = setup_model(settings, tokenizer, notify)
+    model, precision = setup_model(settings, tokenizer, notify, local_rank=local_rank)
     counter = TokenCounter()
     own = summary_callbacks(counter, output_dir)
     trainer = build(
@@ -77,7 +77,7 @@ def run_training(
     return save_run(trainer, tokenizer, template, output_dir, summary=dict(own[0].summary or {}), prepared=prepared)
 
 
-def setup_model(settings: Settings, tokenizer: Any, notify: Notify = notice) -> tuple[Any, Any]:
+def setup_model(settings: Settings, tokenizer: Any, notify: Notify = notice, *, local_rank: int = 0) -> tuple[Any, Any]:
     """(the base model with the recipe's adapter, its precision), seeded first: adapter initialisation is random."""
     from transformers import set_seed
 
@@ -86,7 +86,7 @@ def setup_model(settings: Settings, tokenizer: Any, notify: Notify = notice) -> 
 
     set_seed(settings.seed)
     precision = resolve_precision(settings)
-    model = load_model(settings, tokenizer, precision=precision, notify=notify)
+    model = load_model(settings, tokenizer, precision=precision, notify=notify, local_rank=local_rank)
     if settings.adapter:
         model = apply_adapter(settings, model, notify=notify)
     return model, precision

@@ -131,7 +131,7 @@ def run_worker(
             result = run_training(
                 settings, prepared, tokenizer, output_dir=output_dir,
                 resume=str(resume_from) if resume_from is not None else False,
-                world_size=ranks.world_size, callbacks=callbacks, notify=say,
+                world_size=ranks.world_size, local_rank=ranks.local_rank, callbacks=callbacks, notify=say,
             )
         ok = True
     finally:
