@@ -124,6 +124,24 @@ def test_contradictions_are_errors_with_lines(extra, key, expected):
     assert f"r.yml:{line_of(text, key + ':')}:" in message
 
 
+def test_every_contradiction_is_reported_at_once_with_its_line():
+    text = MINIMAL + "warmup_steps: 10\nwarmup_ratio: 0.1\nbf16: true\nfp16: true\nevals_per_epoch: 2\n"
+    lines = error_of(text).splitlines()
+    assert lines == [
+        f"r.yml:{line_of(text, 'warmup_steps:')}: set warmup_steps or warmup_ratio, not both",
+        f"r.yml:{line_of(text, 'evals_per_epoch:')}: evaluation needs a validation split; set val_set_size (e.g. 0.05)",
+        f"r.yml:{line_of(text, 'fp16:')}: bf16 and fp16 are exclusive; keep one",
+    ]
+
+
+def test_contradictions_beyond_the_limit_are_counted():
+    keys = ["peft_use_dora: true", "peft_use_rslora: true", "lora_model_dir: x", "lora_target_modules: [q]",
+            "lora_modules_to_save: [lm_head]", "warmup_steps: 1", "warmup_ratio: 0.1", "save_steps: 1",
+            "saves_per_epoch: 1", "bf16: true", "fp16: true", "load_in_4bit: true", "load_in_8bit: true"]
+    lines = error_of(MINIMAL + "\n".join(keys) + "\n").splitlines()
+    assert len(lines) == 11 and lines[-1] == "... and 1 more"
+
+
 def test_duplicate_key_is_an_error():
     text = MINIMAL + "lora_r: 8\nlora_r: 16\n"
     assert f"r.yml:{line_of(text, 'lora_r: 16')}: `lora_r` is set twice" in error_of(text)
@@ -135,6 +153,17 @@ def test_duplicate_key_is_an_error():
 )
 def test_malformed_yaml(text, expected):
     assert expected in error_of(text)
+
+
+@pytest.mark.parametrize(
+    "opened, what", [("lora_dropout: [0.05", "flow sequence"), ('wandb_name: "unclosed', "quoted scalar")]
+)
+def test_yaml_syntax_error_names_where_the_construct_started(opened, what):
+    text = MINIMAL + "lora_r: 8\n" + opened + "\nlora_alpha: 16\nseed: 1\n"
+    message = error_of(text)
+    start = line_of(text, opened)
+    assert f"{what} that starts at line {start};" in message
+    assert message.startswith("r.yml:") and int(message.split(":")[1]) > start  # where the parser noticed
 
 
 def test_missing_recipe_file(tmp_path):

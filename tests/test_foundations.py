@@ -56,3 +56,21 @@ def test_plan_and_launch_do_not_import_each_other() -> None:
     # launch prints the plan (launch -> plan); plan must not reach back into launch (no circle).
     assert not {"finetune.train.launch", "finetune.train"} & _imports(SRC / "plan.py")
     assert not {"finetune.plan", "finetune.train.launch"} & _imports(SRC / "deepspeed_config.py")
+
+
+def test_ignore_index_is_defined_once() -> None:
+    # The untrained-label value lives in finetune.data.tokenize; the collator, packer and loss import it.
+    homes, literals = [], []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "IGNORE_INDEX" for t in node.targets):
+                homes.append(path.relative_to(SRC).as_posix())
+            elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+                if getattr(node.operand, "value", None) == 100:
+                    literals.append(f"{path.relative_to(SRC).as_posix()}:{node.lineno}")
+    assert homes == ["data/tokenize.py"]
+    assert literals == [f"data/tokenize.py:{_line_of(SRC / 'data' / 'tokenize.py', 'IGNORE_INDEX = -100')}"]
+
+
+def _line_of(path: Path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if needle in line)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from finetune.data.collate import Collator
-from finetune.data.pack import IGNORE_INDEX, Ragged, pack, packing_efficiency, plan_bins
+from finetune.data.pack import Ragged, pack, packing_efficiency, plan_bins
+from finetune.data.tokenize import IGNORE_INDEX
 
 
 def chat_lengths(n: int, seed: int) -> np.ndarray:

@@ -119,13 +119,12 @@ def _parser() -> argparse.ArgumentParser:
 # --- commands ----------------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace, announce: bool = True):
+def _load(args: argparse.Namespace):
     from finetune.config import load_recipe
 
     loaded = load_recipe(args.config, args.overrides)
-    if announce:
-        for notice in loaded.notices:
-            print(f"notice: {notice}", file=sys.stderr)
+    for notice in loaded.notices:
+        print(f"notice: {notice}", file=sys.stderr)
     return loaded
 
 
@@ -134,7 +133,10 @@ def _validate(args: argparse.Namespace) -> int:
 
     from finetune.config.describe import derived_values, resolved_yaml
 
+    from finetune.requirements import check_installed
+
     loaded = _load(args)
+    check_installed()
     if args.quiet:
         return EXIT_OK
     world = _world_size(args)
@@ -242,9 +244,11 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from finetune.requirements import check_installed
     from finetune.train.launch import main_train
 
     _load(args)  # validate (and show notices) before any process starts
+    check_installed()
     return main_train(
         args.config,
         args.overrides,

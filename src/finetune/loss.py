@@ -23,7 +23,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-IGNORE_INDEX = -100
+from finetune.data.tokenize import IGNORE_INDEX
+
 VOCAB_TILE = 32768  # vocabulary columns per projection product (both heads)
 ROW_CHUNK = 64  # trained positions per block: 64 x 128,256 fp32 logits = 31 MiB (measured, docs/benchmarks.md)
 CAST_CACHE_BYTES = 256 * 2**20  # keep an fp32 copy of a bf16 head for the call when it is at most this big

@@ -1,4 +1,4 @@
-"""The only place that joins the model side (tokenizer) with the data side."""
+"""`finetune preprocess`: load the tokenizer, build (or reuse) the prepared-data cache, print its summary."""
 
 from __future__ import annotations
 

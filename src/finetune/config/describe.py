@@ -10,7 +10,9 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from finetune.config.settings import DatasetSettings, Settings, SpecialTokens
+from finetune.config.settings import DatasetSettings, Settings, SpecialTokens, affects_data
+
+DATA_NOTE = "(Changes the prepared data: a new value rebuilds the cache.)"
 
 
 def derived_values(settings: Settings, world_size: int) -> list[tuple[str, str]]:
@@ -123,7 +125,8 @@ def _collect(model: type[BaseModel], prefix: str, rows: list) -> None:
     for name, info in model.model_fields.items():
         annotation = info.annotation
         nested = _nested_model(annotation)
-        rows.append((prefix + name, _type_name(annotation), _default(info), info.description or ""))
+        meaning = (info.description or "") + (" " + DATA_NOTE if affects_data(info) else "")
+        rows.append((prefix + name, _type_name(annotation), _default(info), meaning))
         if nested is not None:
             sub_prefix = f"{prefix}{name}[]." if nested is DatasetSettings else f"{prefix}{name}."
             _collect(nested, sub_prefix, rows)

@@ -143,29 +143,25 @@ def _rewrite_deprecated(source: RecipeSource) -> list[str]:
 
 
 def _format_errors(exc: ValidationError, source: RecipeSource) -> str:
-    lines = []
-    for error in exc.errors()[:MAX_ERRORS]:
-        loc = tuple(error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        if not loc and message.startswith("["):  # cross-field check: "[key] message"
-            key, _, message = message[1:].partition("] ")
-            loc = (key,)
-            lines.append(f"{source.where(loc)}: {message}")
-            continue
-        dotted = ".".join(str(part) for part in loc)
-        if error["type"] == "extra_forbidden":
-            hint = _suggest(loc)
-            lines.append(f"{source.where(loc)}: {dotted}: unknown key{hint}")
-        elif error["type"] == "missing":
-            lines.append(f"{source.where(loc[:-1]) if len(loc) > 1 else source.file}: missing required key `{dotted}`")
-        else:
-            got = error.get("input")
-            shown = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-            lines.append(f"{source.where(loc)}: {dotted}: {message}{shown}")
-    extra = len(exc.errors()) - MAX_ERRORS
-    if extra > 0:
-        lines.append(f"... and {extra} more")
-    return "\n".join(lines)
+    lines = [line for error in exc.errors() for line in _describe(error, source)]
+    extra = len(lines) - MAX_ERRORS
+    return "\n".join(lines[:MAX_ERRORS] + ([f"... and {extra} more"] if extra > 0 else []))
+
+
+def _describe(error: Any, source: RecipeSource) -> list[str]:
+    """The message lines of one pydantic error (the cross-field check gives one per contradiction)."""
+    loc = tuple(error["loc"])
+    if error["type"] == "contradictions":
+        return [f"{source.where((key,))}: {message}" for key, message in error["ctx"]["found"]]
+    message = error["msg"].removeprefix("Value error, ")
+    dotted = ".".join(str(part) for part in loc)
+    if error["type"] == "extra_forbidden":
+        return [f"{source.where(loc)}: {dotted}: unknown key{_suggest(loc)}"]
+    if error["type"] == "missing":
+        return [f"{source.where(loc[:-1]) if len(loc) > 1 else source.file}: missing required key `{dotted}`"]
+    got = error.get("input")
+    shown = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
+    return [f"{source.where(loc)}: {dotted}: {message}{shown}"]
 
 
 def _suggest(loc: tuple) -> str:

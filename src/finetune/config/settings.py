@@ -1,7 +1,9 @@
 """The recipe schema: frozen, typed settings with every key documented once, on its field.
 
 Key names follow Axolotl so existing recipes keep working. Unknown keys are errors
-(`extra="forbid"`); cross-field contradictions are checked in `Settings._check`.
+(`extra="forbid"`); cross-field contradictions are checked in `Settings._check`. A field that
+changes the prepared data (tokens, labels, packing, dedup, the split) carries
+`json_schema_extra={"affects_data": True}`; the data cache fingerprints exactly those.
 Nothing here imports torch.
 """
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError, to_jsonable_python
 
 from finetune.config.yaml_source import RecipeSource
 
@@ -56,43 +60,68 @@ class DatasetSettings(Section):
 
     path: str = Field(
         description="Local data: a .json/.jsonl/.parquet/.csv file, or a `datasets.save_to_disk` directory. "
-        "Relative paths are resolved from the current directory."
+        "Relative paths are resolved from the current directory.",
+        json_schema_extra={"affects_data": True},
     )
     type: Literal["chat_template", "alpaca", "completion"] = Field(
         "chat_template",
         description="chat_template: a list of messages per row (OpenAI or ShareGPT style); "
         "alpaca: instruction/input/output(/system) columns, rendered as one user/assistant exchange; "
         "completion: raw text, every token trained.",
+        json_schema_extra={"affects_data": True},
     )
     ds_type: Optional[Literal["json", "jsonl", "parquet", "csv", "arrow"]] = Field(
-        None, description="File format; inferred from the extension (or a directory = arrow) when unset."
+        None, description="File format; inferred from the extension (or a directory = arrow) when unset.",
+        json_schema_extra={"affects_data": True},
     )
-    split: str = Field("train", description="Split to read from a saved DatasetDict directory.")
-    field_messages: str = Field("messages", description="chat_template: the column holding the list of messages.")
+    split: str = Field(
+        "train", description="Split to read from a saved DatasetDict directory.",
+        json_schema_extra={"affects_data": True},
+    )
+    field_messages: str = Field(
+        "messages", description="chat_template: the column holding the list of messages.",
+        json_schema_extra={"affects_data": True},
+    )
     message_property_mappings: dict[str, str] = Field(
         default_factory=lambda: {"role": "role", "content": "content"},
         description="chat_template: which key of each message holds its role and its content, "
         "e.g. `{role: from, content: value}` for ShareGPT data.",
+        json_schema_extra={"affects_data": True},
     )
     roles: Optional[dict[str, list[str]]] = Field(
         None,
         description="chat_template: source role names for each role, e.g. `{user: [human], assistant: [gpt]}`. "
         "Unset: system, user/human, assistant/gpt/model and tool/ipython are recognised.",
+        json_schema_extra={"affects_data": True},
     )
     roles_to_train: list[str] = Field(
         default_factory=lambda: ["assistant"],
         description="chat_template: roles whose content is trained when `train_on_inputs` is false.",
+        json_schema_extra={"affects_data": True},
     )
     train_on_eos: Literal["turn", "all", "last", "none"] = Field(
         "turn",
         description="Which end-of-turn tokens are trained: turn = after each trained turn; all = after every "
         "turn; last = after the last trained turn only; none.",
+        json_schema_extra={"affects_data": True},
     )
-    field_instruction: str = Field("instruction", description="alpaca: the instruction column.")
-    field_input: str = Field("input", description="alpaca: the optional input column (appended to the instruction).")
-    field_output: str = Field("output", description="alpaca: the answer column (trained).")
-    field_system: str = Field("system", description="alpaca: the optional system-prompt column.")
-    field: str = Field("text", description="completion: the text column.")
+    field_instruction: str = Field(
+        "instruction", description="alpaca: the instruction column.",
+        json_schema_extra={"affects_data": True},
+    )
+    field_input: str = Field(
+        "input", description="alpaca: the optional input column (appended to the instruction).",
+        json_schema_extra={"affects_data": True},
+    )
+    field_output: str = Field(
+        "output", description="alpaca: the answer column (trained).",
+        json_schema_extra={"affects_data": True},
+    )
+    field_system: str = Field(
+        "system", description="alpaca: the optional system-prompt column.",
+        json_schema_extra={"affects_data": True},
+    )
+    field: str = Field("text", description="completion: the text column.", json_schema_extra={"affects_data": True})
 
     @property
     def role_map(self) -> dict[str, str]:
@@ -109,14 +138,22 @@ class DatasetSettings(Section):
 class SpecialTokens(Section):
     """`special_tokens:` the tokenizer's special tokens, set before training."""
 
-    bos_token: Optional[str] = Field(None, description="Beginning-of-sequence token.")
-    eos_token: Optional[str] = Field(
-        None, description="End-of-sequence token; for chat models the end-of-turn token (`<|eot_id|>` for Llama 3)."
+    bos_token: Optional[str] = Field(
+        None, description="Beginning-of-sequence token.",
+        json_schema_extra={"affects_data": True},
     )
-    pad_token: Optional[str] = Field(None, description="Padding token (`<|finetune_right_pad_id|>` for Llama 3.1).")
-    unk_token: Optional[str] = Field(None, description="Unknown-token token.")
+    eos_token: Optional[str] = Field(
+        None, description="End-of-sequence token; for chat models the end-of-turn token (`<|eot_id|>` for Llama 3).",
+        json_schema_extra={"affects_data": True},
+    )
+    pad_token: Optional[str] = Field(
+        None, description="Padding token (`<|finetune_right_pad_id|>` for Llama 3.1).",
+        json_schema_extra={"affects_data": True},
+    )
+    unk_token: Optional[str] = Field(None, description="Unknown-token token.", json_schema_extra={"affects_data": True})
     additional_special_tokens: list[str] = Field(
-        default_factory=list, description="Further special tokens; new ones grow the embeddings."
+        default_factory=list, description="Further special tokens; new ones grow the embeddings.",
+        json_schema_extra={"affects_data": True},
     )
 
 
@@ -142,28 +179,45 @@ class Settings(Section):
     chat_template: Literal["llama3", "chatml", "tokenizer_default", "jinja"] = Field(
         "tokenizer_default",
         description="llama3 | chatml | tokenizer_default (the tokenizer's own) | jinja (see chat_template_jinja).",
+        json_schema_extra={"affects_data": True},
     )
     chat_template_jinja: Optional[str] = Field(
-        None, description="With chat_template: jinja, the Jinja template inline or a path to a file holding it."
+        None, description="With chat_template: jinja, the Jinja template inline or a path to a file holding it.",
+        json_schema_extra={"affects_data": True},
     )
     datasets: list[DatasetSettings] = Field(min_length=1, description="Training data; several are mixed.")
     dataset_prepared_path: str = Field(
         "last_run_prepared", description="Directory for the preprocessed-data cache (see `finetune preprocess`)."
     )
     val_set_size: float = Field(
-        0.0, ge=0, description="Validation split: a fraction (< 1) of conversations, or a count (>= 1)."
+        0.0, ge=0, description="Validation split: a fraction (< 1) of conversations, or a count (>= 1).",
+        json_schema_extra={"affects_data": True},
     )
-    dedup: bool = Field(False, description="Remove exact duplicate conversations (counted in the summary).")
-    sequence_len: int = Field(2048, gt=0, description="Maximum tokens per sample and per packed row.")
+    dedup: bool = Field(
+        False, description="Remove exact duplicate conversations (counted in the summary).",
+        json_schema_extra={"affects_data": True},
+    )
+    sequence_len: int = Field(
+        2048, gt=0, description="Maximum tokens per sample and per packed row.",
+        json_schema_extra={"affects_data": True},
+    )
     excess_length_strategy: Literal["drop", "truncate", "raise"] = Field(
-        "drop", description="Samples longer than sequence_len: drop (counted) | truncate | raise."
+        "drop", description="Samples longer than sequence_len: drop (counted) | truncate | raise.",
+        json_schema_extra={"affects_data": True},
     )
-    sample_packing: bool = Field(False, description="Pack samples into rows of at most sequence_len tokens.")
+    sample_packing: bool = Field(
+        False, description="Pack samples into rows of at most sequence_len tokens.",
+        json_schema_extra={"affects_data": True},
+    )
     eval_sample_packing: Optional[bool] = Field(
-        None, description="Pack the validation split too; defaults to sample_packing."
+        None, description="Pack the validation split too; defaults to sample_packing.",
+        json_schema_extra={"affects_data": True},
     )
     pad_to_sequence_len: bool = Field(False, description="Pad every batch to exactly sequence_len tokens.")
-    train_on_inputs: bool = Field(False, description="Train every token, not only the roles_to_train turns.")
+    train_on_inputs: bool = Field(
+        False, description="Train every token, not only the roles_to_train turns.",
+        json_schema_extra={"affects_data": True},
+    )
     special_tokens: SpecialTokens = Field(default_factory=SpecialTokens, description="Tokenizer special tokens.")
 
     # --- adapter ---------------------------------------------------------------------
@@ -218,7 +272,10 @@ class Settings(Section):
     early_stopping_patience: Optional[int] = Field(
         None, gt=0, description="Stop after this many evaluations without improvement of eval loss."
     )
-    seed: int = Field(42, description="Seed for shuffling, splitting, packing and initialisation.")
+    seed: int = Field(
+        42, description="Seed for shuffling, splitting, packing and initialisation.",
+        json_schema_extra={"affects_data": True},
+    )
     deepspeed: Optional[str] = Field(
         None, description="DeepSpeed JSON; a missing path naming a bundled config (zero2.json...) uses the bundled one."
     )
@@ -249,8 +306,10 @@ class Settings(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
-        for key, message in contradictions(self):
-            raise ValueError(f"[{key}] {message}")
+        found = contradictions(self)
+        if found:  # all of them in one error; the recipe loader gives each its line
+            text = "; ".join(f"{key}: {message}" for key, message in found)
+            raise PydanticCustomError("contradictions", "{text}", {"text": text, "found": found})
         return self
 
     # --- derived values ----------------------------------------------------------------
@@ -310,4 +369,30 @@ def contradictions(s: Settings) -> list[tuple[str, str]]:
         out.append(("chat_template", "chat_template: jinja needs chat_template_jinja (inline or a file path)"))
     if s.chat_template_jinja and s.chat_template != "jinja":
         out.append(("chat_template_jinja", "chat_template_jinja is used only with chat_template: jinja"))
+    return out
+
+
+def affects_data(field: FieldInfo) -> bool:
+    """True for a field marked `json_schema_extra={"affects_data": True}`: it changes the prepared data."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("affects_data") is True
+
+
+def data_values(section: BaseModel) -> dict[str, Any]:
+    """The data-affecting fields of `section` as JSON values, walking nested sections and lists of them.
+
+    The prepared-data cache fingerprints exactly this (finetune.data.cache), so a field that
+    changes tokens, labels, packing, dedup or the split must carry the marker.
+    """
+    out: dict[str, Any] = {}
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            nested = data_values(value)
+            if nested:
+                out[name] = nested
+        elif isinstance(value, list) and value and all(isinstance(item, BaseModel) for item in value):
+            out[name] = [data_values(item) for item in value]
+        elif affects_data(field):
+            out[name] = to_jsonable_python(value)
     return out

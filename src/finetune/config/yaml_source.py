@@ -51,10 +51,7 @@ def parse_yaml(text: str, file: str = "<recipe>") -> RecipeSource:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{file}:{mark.line + 1}" if mark is not None else file
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"{where}: invalid YAML: {problem}") from None
+        raise RecipeError(_syntax_error(exc, file)) from None
     if root is None:
         raise RecipeError(f"{file}: the recipe is empty; expected a mapping such as `base_model: ...`")
     if not isinstance(root, yaml.MappingNode):
@@ -62,6 +59,20 @@ def parse_yaml(text: str, file: str = "<recipe>") -> RecipeSource:
     lines: dict[Path_, int] = {}
     data = _to_python(root, (), lines, file)
     return RecipeSource(file=file, data=data, lines=lines)
+
+
+def _syntax_error(exc: yaml.YAMLError, file: str) -> str:
+    """`file:LINE: invalid YAML: ...` at the line where the parser noticed, naming the line where the
+    construct it was reading began (an unclosed `[`, `{` or quote is usually the real mistake)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{file}:{mark.line + 1}" if mark is not None else file
+    message = f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"
+    start, context = getattr(exc, "context_mark", None), getattr(exc, "context", None)
+    if start is not None and context and (mark is None or start.line != mark.line):
+        what = context.removeprefix("while parsing ").removeprefix("while scanning ")
+        hint = "is a closing bracket or quote missing?" if "block" not in what else "check the indentation"
+        message += f" (in {what} that starts at line {start.line + 1}; {hint})"
+    return message
 
 
 def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], file: str) -> Any:

@@ -29,8 +29,9 @@ import numpy as np
 from finetune.config.settings import Settings
 from finetune.data import cache
 from finetune.data.formats import Sample, format_table, sample_key
-from finetune.data.pack import IGNORE_INDEX, Ragged, pack, packing_efficiency
+from finetune.data.pack import Ragged, pack, packing_efficiency
 from finetune.data.readers import Origins, read_dataset
+from finetune.data.tokenize import IGNORE_INDEX
 from finetune.errors import DataError, RecipeError
 
 TOKENIZE_CHUNK = 1000  # conversations per encode call (one progress update each)

@@ -2,8 +2,8 @@
 
 The fingerprint (sha256) covers everything that can change the prepared tokens:
 the data files' bytes (every file of a directory), the tokenizer (its full
-serialized form, special tokens, chat template source), every recipe setting that
-affects tokens, labels, packing or the split, and the code (finetune version, cache
+serialized form, special tokens, chat template source), every recipe setting marked
+data-affecting on its field (`settings.data_values`), and the code (finetune version, cache
 format and the source of the data modules). Editing a data file in place, even to
 the same size, therefore misses the cache.
 
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 import finetune
-from finetune.config.settings import Settings
+from finetune.config.settings import Settings, data_values
 from finetune.data.pack import Ragged
 from finetune.data.readers import dataset_path
 
@@ -42,7 +42,7 @@ _CODE = ("readers.py", "formats.py", "templates.py", "tokenize.py", "pack.py", "
 
 
 def fingerprint(settings: Settings, tokenizer: Any, template_source: str) -> str:
-    """sha256 hex digest of data contents + tokenizer + token-affecting settings + code."""
+    """sha256 hex digest of data contents + tokenizer + data-affecting settings + code."""
     digest = hashlib.sha256()
 
     def part(name: str, value: Any) -> None:
@@ -51,30 +51,12 @@ def fingerprint(settings: Settings, tokenizer: Any, template_source: str) -> str
         digest.update(blob)
 
     part("code", _code_identity())
-    part("settings", token_settings(settings))
+    part("settings", data_values(settings))
     for index, dataset in enumerate(settings.datasets):
         part(f"data{index}", file_digest(dataset_path(dataset)).encode())
     part("tokenizer", tokenizer_identity(tokenizer))
     part("template", template_source.encode())
     return digest.hexdigest()
-
-
-def token_settings(settings: Settings) -> dict[str, Any]:
-    """Every setting that changes the prepared rows (and nothing else)."""
-    return {
-        "datasets": [dataset.model_dump(mode="json") for dataset in settings.datasets],
-        "chat_template": settings.chat_template,
-        "chat_template_jinja": settings.chat_template_jinja,
-        "sequence_len": settings.sequence_len,
-        "excess_length_strategy": settings.excess_length_strategy,
-        "sample_packing": settings.sample_packing,
-        "eval_sample_packing": settings.packs_eval,
-        "train_on_inputs": settings.train_on_inputs,
-        "val_set_size": settings.val_set_size,
-        "dedup": settings.dedup,
-        "seed": settings.seed,
-        "special_tokens": settings.special_tokens.model_dump(mode="json"),
-    }
 
 
 def file_digest(path: Path) -> str:

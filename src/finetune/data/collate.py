@@ -20,9 +20,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from finetune.config.settings import Settings
+from finetune.data.tokenize import IGNORE_INDEX
 from finetune.errors import RecipeError
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from finetune.data.tokenize import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from finetune.data.tokenize import IGNORE_INDEX
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"
 GREEN, DIM, BOLD, RESET = "\033[32m", "\033[2m", "\033[1m", "\033[0m"
 

@@ -35,7 +35,7 @@ import numpy as np
 from finetune.data.templates import ChatTemplate, Message, Rendered, Span
 from finetune.errors import RecipeError
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of an untrained token; the one definition (data, collator, loss)
 TRAIN_ON_EOS = ("turn", "all", "last", "none")
 TrainOnEos = Literal["turn", "all", "last", "none"]
 Example = tuple[np.ndarray, np.ndarray]

@@ -214,12 +214,8 @@ def _set_generation_ids(model: Any, tokenizer: Any) -> None:
         model.generation_config.pad_token_id = pad
 
 
-def module_numel(model: Any, name: str) -> int:
-    """Parameters of the modules whose last name component is `name` (e.g. embed_tokens)."""
-    return _module_numel(model, name)
-
-
 def _module_numel(model: Any, name: str) -> int:
+    """Parameters of the modules whose last name component is `name` (e.g. embed_tokens)."""
     return sum(
         p.numel()
         for module_name, module in model.named_modules()

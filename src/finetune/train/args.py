@@ -81,17 +81,15 @@ def _cadence(every: int | None, per_epoch: int | None, epoch_steps: int) -> int 
 def training_arguments(
     settings: Settings,
     *,
-    world_size: int,
     steps_per_epoch: int,
     output_dir: str,
     precision: Precision,
-    report_to: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Keyword arguments for TRL's SFTConfig (a transformers TrainingArguments), fed pre-tokenized rows.
 
-    `report_to` is the tracking hook: the W&B module decides and passes ("wandb",) when it should log.
+    `steps_per_epoch` already accounts for the number of processes. No trainer integration logs
+    (`report_to: none`): W&B is driven by finetune.train.tracking's callback.
     """
-    del world_size  # the step count already accounts for it; kept in the signature so callers state it
     plan = schedule(settings, steps_per_epoch=steps_per_epoch)
     evaluating = plan.eval_steps is not None
     kwargs: dict[str, Any] = {
@@ -128,7 +126,7 @@ def training_arguments(
         "save_strategy": "steps" if plan.save_steps is not None else "no",
         "save_steps": plan.save_steps if plan.save_steps is not None else 500,
         "save_total_limit": settings.save_total_limit,
-        "report_to": list(report_to) or "none",
+        "report_to": "none",
         "deepspeed": settings.deepspeed,
         # our rows are final: no re-tokenizing, no re-packing, no EOS added, keep position_ids
         "dataset_kwargs": {"skip_prepare_dataset": True},

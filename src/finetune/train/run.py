@@ -47,14 +47,13 @@ def run_training(
     resume: bool | str = False,
     world_size: int | None = None,
     callbacks: Sequence[Any] = (),
-    report_to: Sequence[str] = (),
     notify: Notify = notice,
 ) -> RunResult:
     """Train on `prepared` (finetune.data.build.PreparedData: .train, .eval) and save everything.
 
     `resume`: False, True (the latest checkpoint in output_dir) or a checkpoint directory.
     `world_size`: processes in the run (default: $WORLD_SIZE or 1). `callbacks`: extra TrainerCallbacks
-    (tracking, signals). `report_to`: trainer integrations to log to, e.g. ("wandb",).
+    (tracking, signals).
     """
     from finetune.data.collate import make_collator
     from finetune.model.adapters import apply_adapter
@@ -82,14 +81,7 @@ def run_training(
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         world_size=world_size,
     )
-    args = sft_config(
-        settings,
-        world_size=world_size,
-        steps_per_epoch=per_epoch,
-        output_dir=str(output_dir),
-        precision=precision,
-        report_to=tuple(report_to),
-    )
+    args = sft_config(settings, steps_per_epoch=per_epoch, output_dir=str(output_dir), precision=precision)
     counter = TokenCounter()
     own = summary_callbacks(counter, output_dir)
     trainer = build_trainer(
