@@ -20,6 +20,7 @@ from typing import Any, Callable
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError, RecipeError
 from finetune.model.tokenizer import require_local_or_cached
+from finetune.rundir import eos_ids
 
 Notify = Callable[[str], None]
 
@@ -206,9 +207,7 @@ def _set_generation_ids(model: Any, tokenizer: Any) -> None:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if eos is not None:
         model.config.eos_token_id = eos
-        current = model.generation_config.eos_token_id
-        current = [] if current is None else [current] if isinstance(current, int) else list(current)
-        model.generation_config.eos_token_id = [eos] + [i for i in current if i != eos]
+        model.generation_config.eos_token_id = eos_ids(eos, model.generation_config.eos_token_id)
     if pad is not None:
         model.config.pad_token_id = pad
         model.generation_config.pad_token_id = pad
