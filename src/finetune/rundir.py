@@ -2,37 +2,68 @@
 
 `finetune chat`, `evaluate`, `merge` and `export` read a run directory (`output_dir`, or the
 `--adapter DIR` given) only through this module. Every file is read through `read_json`, so
-a damaged run gives a FinetuneError naming the file, never a traceback.
+a damaged run gives a DataError (exit 2) naming the file, never a traceback; weights files are
+checked with `verify_safetensors` (whole header, size matching it) before anything loads them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import struct
 from pathlib import Path
 from typing import Any, Literal
 
 from finetune.config.settings import Settings
-from finetune.errors import FinetuneError, RecipeError
+from finetune.errors import DataError, FinetuneError, RecipeError
 
 logger = logging.getLogger(__name__)
 
 TRAIN_HINT = "run `finetune train` first or pass --adapter DIR"
+COMPLETE_MARKER = ".complete"  # written last into a checkpoint, after its files were fsynced
+REPAIR_HINT = "train again, restore the file, or pass --adapter DIR of an intact checkpoint"
 END_OF_TURN_MARKERS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|eom_id|>")
 AdapterKind = Literal["lora", "dora", "full"]
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a run file; FinetuneError naming the file when it is unreadable or not an object."""
+    """A JSON object from a run file; DataError naming the file when it is unreadable or not an object."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FinetuneError(f"{path} is missing; {TRAIN_HINT}") from None
+        raise DataError(f"{path} is missing; {TRAIN_HINT}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FinetuneError(f"{path} is damaged ({exc}); train again or restore it from a checkpoint") from None
+        raise DataError(f"{path} is damaged ({exc}); {REPAIR_HINT}") from None
     if not isinstance(value, dict):
-        raise FinetuneError(f"{path} is damaged: expected a JSON object, found {type(value).__name__}")
+        raise DataError(f"{path} is damaged: expected a JSON object, found {type(value).__name__}; {REPAIR_HINT}")
     return value
+
+
+def verify_safetensors(path: Path) -> None:
+    """DataError naming `path` unless it is a whole safetensors file: an 8-byte little-endian header length,
+    a JSON header, and tensor data ending exactly at the end of the file (a cut-short copy fails here)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 0 < header_len <= size - 8:
+                raise DataError(f"{path} is damaged: {size} bytes, too short for its safetensors header; "
+                                f"{REPAIR_HINT}")
+            header = json.loads(handle.read(header_len))
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing; {TRAIN_HINT}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} is damaged: unreadable safetensors header ({exc}); {REPAIR_HINT}") from None
+    ends = [info.get("data_offsets", [0, 0])[1] for key, info in header.items()
+            if key != "__metadata__" and isinstance(info, dict)] if isinstance(header, dict) else None
+    if ends is None or not all(isinstance(end, int) for end in ends):
+        raise DataError(f"{path} is damaged: its safetensors header is not a table of tensors; {REPAIR_HINT}")
+    expected = 8 + header_len + max(ends, default=0)
+    if expected != size:
+        raise DataError(f"{path} is damaged: {size} bytes, its header says {expected} (cut short by a crash, "
+                        f"a full disk or a partial copy?); {REPAIR_HINT}")
 
 
 def checkpoint_step(name: str) -> int:
@@ -83,8 +114,8 @@ def load_run_tokenizer(settings: Settings, run_dir: Path | None) -> Any:
         try:
             return AutoTokenizer.from_pretrained(run_dir)
         except Exception as exc:  # a missing/damaged tokenizer.json, vocab or merges file
-            raise FinetuneError(f"{run_dir}: the saved tokenizer cannot be loaded ({type(exc).__name__}: {exc}); "
-                                "restore its tokenizer files or train again") from None
+            raise DataError(f"{run_dir}: the saved tokenizer cannot be loaded ({type(exc).__name__}: {exc}); "
+                            "restore its tokenizer files (tokenizer.json, tokenizer_config.json) or train again") from None
     from finetune.data.templates import resolve_template
     from finetune.model.tokenizer import load_tokenizer
 
@@ -97,13 +128,39 @@ def load_run_tokenizer(settings: Settings, run_dir: Path | None) -> Any:
 
 
 def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
-    """The LoRA/DoRA adapter config; FinetuneError for another peft type or a missing weights file."""
+    """The LoRA/DoRA adapter config; FinetuneError for another peft type, DataError for a damaged file."""
     config = read_json(adapter_dir / "adapter_config.json")
     if config.get("peft_type", "LORA") != "LORA":
         raise FinetuneError(f"{adapter_dir}: only LoRA/DoRA adapters are supported (peft_type {config['peft_type']})")
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
-        raise FinetuneError(f"{adapter_dir}: adapter_model.safetensors is missing; {TRAIN_HINT}")
+    verify_safetensors(adapter_dir / "adapter_model.safetensors")
     return config
+
+
+def verify_weights(run_dir: Path) -> None:
+    """DataError naming the first missing or damaged weights file of an adapter or model directory."""
+    run_dir = Path(run_dir)
+    index = run_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = read_json(index).get("weight_map", {})
+        for name in sorted(set(shards.values()) if isinstance(shards, dict) else ()):
+            verify_safetensors(run_dir / name)
+    files = sorted(run_dir.glob("*.safetensors"))
+    if not files and not index.is_file() and not any(run_dir.glob("*.bin")):
+        raise DataError(f"{run_dir} holds no weights (adapter_model.safetensors or model*.safetensors); {REPAIR_HINT}")
+    for path in files:
+        verify_safetensors(path)
+
+
+def verify_checkpoint(checkpoint: Path) -> None:
+    """DataError naming what is missing or damaged in a `checkpoint-N` directory: its trainer state,
+    its adapter/model config and every weights file. A checkpoint from before the `.complete` marker
+    (COMPLETE_MARKER) is accepted when all of that verifies; the marker is an extra guarantee."""
+    checkpoint = Path(checkpoint)
+    read_json(checkpoint / "trainer_state.json")
+    for name in ("adapter_config.json", "config.json"):
+        if (checkpoint / name).is_file():
+            read_json(checkpoint / name)
+    verify_weights(checkpoint)
 
 
 def adapter_kind(run_dir: Path) -> AdapterKind:
@@ -112,6 +169,7 @@ def adapter_kind(run_dir: Path) -> AdapterKind:
         return "dora" if read_adapter_config(run_dir).get("use_dora") else "lora"
     if (run_dir / "config.json").is_file():
         read_json(run_dir / "config.json")
+        verify_weights(run_dir)
         return "full"
     raise FinetuneError(f"{run_dir} holds neither an adapter (adapter_config.json) nor a model (config.json); "
                         f"{TRAIN_HINT}")
