@@ -141,3 +141,23 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(train_recipe, torch_extens
     step = json.loads((checkpoints[0] / "trainer_state.json").read_text())["global_step"]
     assert 1 <= step < 200
     assert not (out / "run_summary.json").exists()  # not a finished run: the next `finetune train` resumes
+
+
+def test_a_cut_short_newest_checkpoint_is_skipped_on_resume(train_recipe, torch_extensions_dir):
+    from finetune.rundir import COMPLETE_MARKER
+
+    recipe = train_recipe("damaged", max_steps=3, save_steps=1, gradient_accumulation_steps=1)
+    out = _output_dir(recipe)
+    env = _env(torch_extensions_dir)
+    _train(recipe, env=env)
+    assert all((out / f"checkpoint-{step}" / COMPLETE_MARKER).is_file() for step in (1, 2, 3))
+    (out / "run_summary.json").unlink()  # as if the run had died after saving checkpoint-3
+    adapter = out / "checkpoint-3" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
+
+    done = _train(recipe, env=env)
+    assert "Traceback" not in done.stderr
+    assert "skipping damaged checkpoint" in done.stderr and "checkpoint-3" in done.stderr
+    assert f"resuming from {out / 'checkpoint-2'}" in done.stderr
+    assert json.loads((out / "run_summary.json").read_text())["steps"] == 3
+    assert _step_losses(out / "checkpoint-3")[-1] and (out / "checkpoint-3" / COMPLETE_MARKER).is_file()

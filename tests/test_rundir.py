@@ -82,3 +82,49 @@ def test_a_full_model_dir_verifies_its_shards(tmp_path):
 def test_one_eos_list_trained_id_first_each_id_once():
     assert eos_ids(128009, [128001, 128009], None, 128008, [-1, 128001]) == [128009, 128001, 128008]
     assert eos_ids(None, 5) == [5]
+
+
+# --- chat, merge and evaluate on a damaged run: exit 2 and the file named, never a traceback ----------
+
+
+@pytest.fixture(scope="module")
+def finished_run(make_adapter_run):
+    """One adapter run (built once for the module); each test damages a copy."""
+    return make_adapter_run()[0]
+
+
+def _damage(run: Path, damage: str) -> str:
+    """Damage a copy of a run as a crash, a full disk or a partial copy would; the file the error must name."""
+    if damage == "truncated adapter":
+        path = run / "adapter_model.safetensors"
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "missing adapter":
+        path = run / "adapter_model.safetensors"
+        path.unlink()
+    elif damage == "corrupt adapter config":
+        path = run / "adapter_config.json"
+        path.write_text(path.read_text()[:20])
+    else:  # a tokenizer cut short
+        path = run / "tokenizer.json"
+        path.write_text(path.read_text()[:50])
+    return path.name
+
+
+@pytest.mark.parametrize("command, damage", [
+    (command, damage) for command in ("chat", "merge", "evaluate")
+    for damage in ("truncated adapter", "missing adapter", "corrupt adapter config", "broken tokenizer")
+    if not (command == "evaluate" and damage == "broken tokenizer")  # evaluate tokenizes with the recipe's
+])
+def test_a_damaged_run_is_a_clear_error(finished_run, tmp_path, capsys, command, damage):
+    import shutil
+
+    from finetune.cli import main
+
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    name = _damage(run, damage)
+    extra = {"chat": ["--prompt", "hi"], "merge": ["--out", str(tmp_path / "merged")],
+             "evaluate": ["--dataset", str(tmp_path / "none.jsonl")]}[command]
+    assert main([command, str(run / "recipe.yml"), "--adapter", str(run), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and name in err and "Traceback" not in err
+    assert not (tmp_path / "merged").exists()

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, TextIO
 from finetune.config.settings import Settings
 from finetune.errors import DataError, FinetuneError
 from finetune.model.load import notice
-from finetune.rundir import load_run_tokenizer, resolve_adapter_dir, stop_token_ids
+from finetune.rundir import adapter_kind, load_run_tokenizer, read_adapter_config, resolve_adapter_dir, stop_token_ids
 
 HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D), /help"
 
@@ -84,6 +84,7 @@ def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None
         if not (path / "config.json").is_file():
             raise FinetuneError(f"no trained model in {path} (config.json missing); "
                                 "run `finetune train` first or pass --adapter DIR")
+        adapter_kind(path)  # config and weights whole, else a DataError naming the file
         settings = settings.model_copy(update={"base_model": str(path)})
         run_dir: Optional[Path] = path
     elif base_only:
@@ -93,6 +94,7 @@ def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None
             run_dir = None  # no run yet: the recipe's tokenizer and template
     else:
         run_dir = resolve_adapter_dir(settings, adapter_dir)
+        read_adapter_config(run_dir)  # config and weights whole, else a DataError naming the file
     tokenizer = load_run_tokenizer(settings, run_dir)
     if not isinstance(getattr(tokenizer, "chat_template", None), str) or not tokenizer.chat_template:
         raise FinetuneError(f"the tokenizer in {run_dir} has no chat template; set chat_template in the recipe")
@@ -109,15 +111,10 @@ def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None
 
 
 def _load_base(settings: Settings, tokenizer: Any) -> Any:
-    """The base through the training loader (same quantization, precision and embedding size)."""
-    import torch
+    """The base through the training loader (same quantization, precision and embedding size), placed for inference."""
+    from finetune.model.load import load_model, place_for_inference
 
-    from finetune.model.load import load_model
-
-    model = load_model(settings, tokenizer, notify=lambda message: None)
-    if torch.cuda.is_available() and not (settings.load_in_4bit or settings.load_in_8bit):
-        model = model.to("cuda")
-    return model
+    return place_for_inference(load_model(settings, tokenizer, notify=lambda message: None), settings)
 
 
 # --- answering ---------------------------------------------------------------------------------------

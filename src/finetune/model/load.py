@@ -241,6 +241,22 @@ def _fp32() -> Any:
     return torch.float32
 
 
+def inference_device(cuda_available: bool, quantized: bool) -> str | None:
+    """Where a model for inference (chat, evaluate, export checks) goes: None for a quantized model, which
+    stays where bitsandbytes put it; else the GPU when there is one, else the CPU."""
+    if quantized:
+        return None
+    return "cuda" if cuda_available else "cpu"
+
+
+def place_for_inference(model: Any, settings: Settings) -> Any:
+    """`model` moved to `inference_device` (the one placement rule for every inference path)."""
+    import torch
+
+    device = inference_device(torch.cuda.is_available(), settings.load_in_4bit or settings.load_in_8bit)
+    return model if device is None else model.to(device)
+
+
 def _quantized_device_map() -> Any:
     """bitsandbytes places weights at load time: the local GPU under a launcher, else the CPU."""
     import os
