@@ -130,3 +130,12 @@ def test_packed_samples_are_isolated_as_loaded(tiny_llama_dir: Path, attn: str) 
         torch.testing.assert_close(together[start:start + len(s) - 1], expected, atol=1e-4, rtol=1e-4)
         start += len(s)
     assert not torch.allclose(leaked[9:13], alone[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("cuda, quantized, expected", [
+    (True, False, "cuda"), (False, False, "cpu"), (True, True, None), (False, True, None)])
+def test_inference_placement(cuda, quantized, expected):
+    # An unquantized model goes to the GPU when there is one; a quantized one stays where bitsandbytes put it.
+    from finetune.model.load import inference_device
+
+    assert inference_device(cuda_available=cuda, quantized=quantized) == expected

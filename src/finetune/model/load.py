@@ -20,6 +20,7 @@ from typing import Any, Callable
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError, RecipeError
 from finetune.model.tokenizer import require_local_or_cached
+from finetune.rundir import eos_ids
 
 Notify = Callable[[str], None]
 
@@ -206,9 +207,7 @@ def _set_generation_ids(model: Any, tokenizer: Any) -> None:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if eos is not None:
         model.config.eos_token_id = eos
-        current = model.generation_config.eos_token_id
-        current = [] if current is None else [current] if isinstance(current, int) else list(current)
-        model.generation_config.eos_token_id = [eos] + [i for i in current if i != eos]
+        model.generation_config.eos_token_id = eos_ids(eos, model.generation_config.eos_token_id)
     if pad is not None:
         model.config.pad_token_id = pad
         model.generation_config.pad_token_id = pad
@@ -236,6 +235,22 @@ def _fp32() -> Any:
     import torch
 
     return torch.float32
+
+
+def inference_device(cuda_available: bool, quantized: bool) -> str | None:
+    """Where a model for inference (chat, evaluate, export checks) goes: None for a quantized model, which
+    stays where bitsandbytes put it; else the GPU when there is one, else the CPU."""
+    if quantized:
+        return None
+    return "cuda" if cuda_available else "cpu"
+
+
+def place_for_inference(model: Any, settings: Settings) -> Any:
+    """`model` moved to `inference_device` (the one placement rule for every inference path)."""
+    import torch
+
+    device = inference_device(torch.cuda.is_available(), settings.load_in_4bit or settings.load_in_8bit)
+    return model if device is None else model.to(device)
 
 
 def _quantized_device_map() -> Any:

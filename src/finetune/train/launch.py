@@ -174,7 +174,7 @@ def main_train(
     topology = make_topology(nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port)
     if not topology.needs_launcher:
         return worker.main(args)
-    cmd = torchrun_command(topology, args)
+    cmd = torchrun_command(topology, [*args, "--under-finetune-launcher"])  # run_launcher reports signals
     print(f"finetune: starting {topology.world_size} processes ({nproc} here): {shlex.join(cmd)}",
           file=sys.stderr, flush=True)
     return run_launcher(cmd)

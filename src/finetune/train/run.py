@@ -59,6 +59,7 @@ def run_training(
     from finetune.model.adapters import apply_adapter
     from finetune.model.load import load_model, resolve_precision
     from finetune.train.args import sft_config, steps_per_epoch
+    from finetune.train.checkpoints import seal_checkpoints_callback
     from finetune.train.trainer import TokenCounter, build_trainer, summary_callbacks
 
     output_dir = Path(output_dir if output_dir is not None else settings.output_dir)
@@ -93,7 +94,7 @@ def run_training(
         args=args,
         collator=make_collator(settings, tokenizer),
         counter=counter,
-        callbacks=[*own, *callbacks],
+        callbacks=[seal_checkpoints_callback(), *own, *callbacks],  # sealed before the signal stop raises
     )
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -152,9 +153,12 @@ def _resume_point(resume: bool | str, output_dir: Path) -> bool | str | None:
     if resume is False or resume is None:
         return None
     if resume is True:
-        if not any(output_dir.glob("checkpoint-*")):
-            raise FinetuneError(f"nothing to resume: no checkpoint-* directory in {output_dir}")
-        return True
+        from finetune.train.resilience import latest_checkpoint
+
+        latest = latest_checkpoint(output_dir)  # verified, not merely the newest name
+        if latest is None:
+            raise FinetuneError(f"nothing to resume: no complete checkpoint-* directory in {output_dir}")
+        return str(latest)
     path = Path(resume)
     if not path.is_dir():
         raise FinetuneError(f"cannot resume from {path}: no such checkpoint directory")

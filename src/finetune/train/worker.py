@@ -52,11 +52,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--resume-from", default=None, metavar="CHECKPOINT_DIR")
     parser.add_argument("--force-preprocess", action="store_true")
+    parser.add_argument("--under-finetune-launcher", action="store_true",
+                        help="set by `finetune train` when it started torchrun itself: the launcher then reports a "
+                             "stop signal's exit code, so the workers exit 0 (a non-zero code reads as a crash there)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one process; returns its exit code (0 for an interrupted run under torchrun, see below)."""
+    """Run one process; returns its exit code: 128 + signal number for an interrupted run (130/143), so
+    a scheduler requeues it, except under finetune's own launcher, which reports the signal itself."""
     from finetune.train.resilience import TrainingInterrupted
 
     args = parse_args(argv)
@@ -67,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    force_preprocess=args.force_preprocess, ranks=ranks, say=say)
     except TrainingInterrupted as exc:
         say(str(exc))
-        # Under torchrun a non-zero code reads as a crash (and a traceback); the launcher reports the signal.
-        return 0 if ranks.world_size > 1 else exc.exit_code
+        return 0 if args.under_finetune_launcher else exc.exit_code
     except FinetuneError as exc:
         prefix = "" if ranks.is_main else f"[rank {ranks.rank}] "
         print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
