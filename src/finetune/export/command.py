@@ -26,6 +26,9 @@ from typing import Any, Callable, Optional
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError
 from finetune.export.gguf_llama import PYTHON_TYPES, ExportError, check_architecture, read_vocab, write_gguf
+# The one place export reads a finished run (its directory, base, merge, tokenizer's end-of-turn tokens) from.
+from finetune.chat import END_OF_TURN_MARKERS, stop_token_ids
+from finetune.merge import base_model_dir, merge_adapter, resolve_adapter_dir
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +50,11 @@ def export_gguf(settings: Settings, quant: str, *, adapter_dir: str | Path | Non
         raise ExportError(f"--gguf {quant}: unknown quant type; expected one of {', '.join(QUANTS)}")
     llama_cpp = _require_llama_cpp(quant) if quant in K_QUANTS else None
     _require_gguf()
-    from finetune.merge import base_model_dir
-
     base_config = _read_config(base_model_dir(settings) if settings.adapter is not None else
                                _full_model_dir(settings, adapter_dir))
     check_architecture(base_config, f"{settings.where('base_model')}: {settings.base_model}")
 
+    run_dir = _run_dir(settings, adapter_dir)
     out_dir = Path(settings.output_dir) / "gguf"
     name = Path(settings.output_dir).resolve().name
     final = out_dir / f"{name}-{quant}.gguf"
@@ -62,7 +64,7 @@ def export_gguf(settings: Settings, quant: str, *, adapter_dir: str | Path | Non
     merge_tmp = out_dir / f".merged.tmp-{pid}"
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        model_dir, run_dir = _merged_model(settings, adapter_dir, MERGE_DTYPES.get(quant, "fp16"), merge_tmp)
+        model_dir = _merged_model(settings, run_dir, adapter_dir, MERGE_DTYPES.get(quant, "fp16"), merge_tmp)
         vocab, stop_tokens, template = _vocab(model_dir, run_dir)
         progress = on_tensor or _progress_notice(final.name)
         if llama_cpp is None:
@@ -95,19 +97,24 @@ def export_gguf(settings: Settings, quant: str, *, adapter_dir: str | Path | Non
 # --- the pieces ---------------------------------------------------------------------------------------
 
 
-def _merged_model(settings: Settings, adapter_dir: str | Path | None, dtype: str,
-                  merge_tmp: Path) -> tuple[Path, Path]:
-    """(a safetensors model folder to export, the run directory); merges into `merge_tmp` when needed."""
-    from finetune.merge import merge_adapter, resolve_adapter_dir
+def _run_dir(settings: Settings, adapter_dir: str | Path | None) -> Path:
+    """The finished run: the adapter directory, or a full fine-tune's model directory; ExportError otherwise."""
+    if settings.adapter is None:
+        return _full_model_dir(settings, adapter_dir)
+    try:
+        return resolve_adapter_dir(settings, adapter_dir)
+    except FinetuneError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _merged_model(settings: Settings, run_dir: Path, adapter_dir: str | Path | None, dtype: str,
+                  merge_tmp: Path) -> Path:
+    """A safetensors model folder to export: the full fine-tune, a fresh `output_dir/merged`, or a merge into
+    `merge_tmp`."""
     from finetune.safetensors_stream import INDEX_FILE
 
     if settings.adapter is None:
-        model_dir = _full_model_dir(settings, adapter_dir)
-        return model_dir, model_dir
-    try:
-        run_dir = resolve_adapter_dir(settings, adapter_dir)
-    except FinetuneError as exc:
-        raise ExportError(str(exc)) from None
+        return run_dir
     merged = Path(settings.output_dir) / "merged"
     torch_name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
     adapter_file = run_dir / "adapter_model.safetensors"
@@ -115,8 +122,8 @@ def _merged_model(settings: Settings, adapter_dir: str | Path | None, dtype: str
             and _read_config(merged).get("dtype") == torch_name
             and (merged / INDEX_FILE).stat().st_mtime >= adapter_file.stat().st_mtime):
         logger.info("using the merged model in %s (newer than the adapter, %s)", merged, dtype)
-        return merged, run_dir
-    return merge_adapter(settings, adapter_dir=run_dir, out_dir=merge_tmp, dtype=dtype, notify=logger.info), run_dir
+        return merged
+    return merge_adapter(settings, adapter_dir=run_dir, out_dir=merge_tmp, dtype=dtype)
 
 
 def _full_model_dir(settings: Settings, adapter_dir: str | Path | None) -> Path:
@@ -136,8 +143,6 @@ def _read_config(model_dir: Path) -> dict:
 def _vocab(model_dir: Path, run_dir: Path) -> tuple[Any, list[str], Optional[str]]:
     """(the GGUF vocabulary, the stop token strings, the chat template) from the exported model's tokenizer."""
     from transformers import AutoTokenizer
-
-    from finetune.chat import END_OF_TURN_MARKERS, stop_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     stop = stop_token_ids(tokenizer, None, run_dir)
