@@ -180,30 +180,61 @@ PROMPT_IDS = [BOS, 128006, 882, 128007, 271, 4438, 1690, 14535, 706, 264, 35454,
 
 
 @needs_llama
-@pytest.mark.parametrize("kind", ["lora", "dora", "rslora", "qlora_dora", "modules_to_save", "llama31_rope"])
+@pytest.mark.parametrize("kind", ["lora", "dora", "rslora", "qlora_dora", "modules_to_save", "llama31_rope", "full"])
 def test_f32_logits_equal_the_merged_model(kind: str, make_adapter_run: Any, tmp_path: Path,
                                            tiny_llama_dir: Path) -> None:
     # f32 weights and an f32 KV cache: llama.cpp must compute what transformers computes, to float32 summation
     # order (measured ~1e-6; 1e-4 allows for it). A Q/K layout, rope_freqs or merge mistake moves logits by far more
     # than that: each adapter moves them by more than 0.05 (checked), and the tolerance is 500 times smaller.
-    kwargs: dict[str, Any] = {"lora": {}, "dora": {"dora": True}, "rslora": {"rslora": True},
-                              "qlora_dora": {"qlora": True, "dora": True},
-                              "modules_to_save": {"new_tokens": ("<|tool_call|>",)},
-                              "llama31_rope": {"base_dir": _llama31_base(tiny_llama_dir, tmp_path / "base")}}[kind]
-    run, settings = make_adapter_run(seed=5, **kwargs)
-    ids = PROMPT_IDS + ([128256] if kind == "modules_to_save" else [])
-    expected = _merged_logits(settings, tmp_path / "merged", ids)
+    from transformers import AutoModelForCausalLM
+
+    if kind == "full":
+        settings = _full_run(tiny_llama_dir, tmp_path / "full")
+        trained = AutoModelForCausalLM.from_pretrained(settings.output_dir, dtype=torch.float32).eval()
+        with torch.no_grad():
+            expected = trained(torch.tensor([PROMPT_IDS])).logits[0].numpy()
+        ids = PROMPT_IDS
+    else:
+        kwargs: dict[str, Any] = {"lora": {}, "dora": {"dora": True}, "rslora": {"rslora": True},
+                                  "qlora_dora": {"qlora": True, "dora": True},
+                                  "modules_to_save": {"new_tokens": ("<|tool_call|>",)},
+                                  "llama31_rope": {"base_dir": _llama31_base(tiny_llama_dir, tmp_path / "base")}}[kind]
+        run, settings = make_adapter_run(seed=5, **kwargs)
+        ids = PROMPT_IDS + ([128256] if kind == "modules_to_save" else [])
+        expected = _merged_logits(settings, tmp_path / "merged", ids)
     got = _gguf_logits(export_gguf(settings, "f32"), ids)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-4
-    from transformers import AutoModelForCausalLM
-
     base = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=torch.float32).eval()
     if kind == "modules_to_save":
         base.resize_token_embeddings(128257)
     with torch.no_grad():
         plain = base(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(plain - expected).max() > 0.05
+
+
+def _full_run(tiny_llama_dir: Path, out: Path) -> Any:
+    """A full fine-tune's output_dir: the tiny model with changed weights, its tokenizer and template, a recipe."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune.config import load_recipe
+    from finetune.data.templates import LLAMA3_JINJA
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    model.save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.add_special_tokens({"eos_token": "<|eot_id|>", "pad_token": "<|finetune_right_pad_id|>"})
+    tokenizer.chat_template = LLAMA3_JINJA
+    tokenizer.save_pretrained(out)
+    (out / "recipe.yml").write_text(
+        f"base_model: {tiny_llama_dir}\nbf16: false\nchat_template: llama3\ndatasets:\n  - path: data.jsonl\n"
+        f"output_dir: {out}\nspecial_tokens:\n  eos_token: <|eot_id|>\n  pad_token: <|finetune_right_pad_id|>\n",
+        encoding="utf-8")
+    return load_recipe(out / "recipe.yml").settings
 
 
 def _llama31_base(tiny_llama_dir: Path, out: Path) -> Path:
@@ -264,23 +295,27 @@ def test_greedy_reply_equals_finetune_chat_and_stops_at_eot(trained: Any, traine
         llm.close()
 
 
+FILE_TYPES = {"bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_k_m": "MOSTLY_Q4_K_M",
+              "q5_k_m": "MOSTLY_Q5_K_M", "q6_k": "MOSTLY_Q6_K"}
+
+
 @needs_llama
-@pytest.mark.parametrize("quant", ["q8_0", "q4_k_m"])
+@pytest.mark.parametrize("quant", list(FILE_TYPES))
 def test_quantized_files_load_and_answer(quant: str, trained: Any, trained_f16: Path) -> None:
     path = export_gguf(trained[1], quant)
     assert path.name == f"out-{quant}.gguf"
-    assert path.stat().st_size < 0.7 * trained_f16.stat().st_size
-    assert not [p.name for p in path.parent.iterdir() if ".tmp" in p.name or "f16.tmp" in p.name]
+    assert path.stat().st_size < (1.01 if quant == "bf16" else 0.7) * trained_f16.stat().st_size
+    assert not [p.name for p in path.parent.iterdir() if ".tmp" in p.name]
     reader = gguf.GGUFReader(str(path))
     file_type = reader.fields["general.file_type"]
-    assert int(file_type.parts[file_type.data[0]][0]) == {"q8_0": 7, "q4_k_m": 15}[quant]
+    assert int(file_type.parts[file_type.data[0]][0]) == gguf.LlamaFileType[FILE_TYPES[quant]]
     llm = _llama(path)
     try:
         answer = llm.create_chat_completion([{"role": "user", "content": PAIRS[0][0]}], temperature=0, max_tokens=24)
         content = answer["choices"][0]["message"]["content"].strip()
         assert content and answer["choices"][0]["finish_reason"] == "stop"
-        if quant == "q8_0":
-            assert content == PAIRS[0][1]  # 8-bit weights keep the learnt reply
+        if quant in ("bf16", "q8_0"):
+            assert content == PAIRS[0][1]  # 16- and 8-bit weights keep the learnt reply
     finally:
         llm.close()
 
