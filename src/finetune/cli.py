@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16", help="dtype of the merged weights")
     p.add_argument("--max-shard-size", default="2GB", metavar="SIZE", help="largest shard file (2GB, 500MB, 1GiB)")
 
+    p = command("export", _export, "write the trained model as GGUF for llama.cpp, Ollama and LM Studio")
+    p.add_argument("--gguf", required=True, metavar="QUANT",
+                   help="f32, f16, bf16, q8_0, q4_0, or (with llama-cpp-python) q4_k_m, q5_k_m, q6_k")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="adapter directory (default: output_dir)")
+
     p = command("evaluate", _evaluate, "eval loss and perplexity of the base and the fine-tuned model")
     p.add_argument("--adapter", default=None, metavar="DIR", help="adapter directory (default: output_dir)")
     p.add_argument("--dataset", default=None, metavar="FILE",
@@ -211,6 +216,13 @@ def _merge(args: argparse.Namespace) -> int:
         max_shard_size=args.max_shard_size,
     )
     print(f"merged model: {out}")
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from finetune.export.command import export_gguf
+
+    print(f"gguf: {export_gguf(_load(args).settings, args.gguf, adapter_dir=args.adapter)}")
     return EXIT_OK
 
 
