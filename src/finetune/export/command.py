@@ -27,8 +27,8 @@ from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError
 from finetune.export.gguf_llama import PYTHON_TYPES, ExportError, check_architecture, read_vocab, write_gguf
 # The one place export reads a finished run (its directory, base, merge, tokenizer's end-of-turn tokens) from.
-from finetune.chat import END_OF_TURN_MARKERS, stop_token_ids
-from finetune.merge import base_model_dir, merge_adapter, resolve_adapter_dir
+from finetune.merge import merge_adapter
+from finetune.rundir import END_OF_TURN_MARKERS, base_model_dir, resolve_adapter_dir, stop_token_ids
 
 logger = logging.getLogger(__name__)
 
