@@ -184,3 +184,20 @@ def test_min_assistant_chars_removes_filler_and_counts(data_settings, write_chat
     assert not any("ping 7" in text or "ping 8" in text for text in texts)
     assert any("explain the river stone" in text and "Stones sink." in text for text in texts)
     assert "filler assistant turns" in summary.format_table() and "only filler replies" in summary.format_table()
+
+
+def test_example_pairs_start_near_the_first_difference(data_settings, write_chats):
+    import numpy as np
+
+    from finetune.data.build import Corpus
+
+    long = " ".join(f"w{i}" for i in range(80))
+    kept = [{"role": "user", "content": "q"}, {"role": "assistant", "content": long}]
+    removed = [{"role": "user", "content": "q"}, {"role": "assistant", "content": long + " extra"}]
+    corpus = Corpus([kept, removed], np.zeros(2, dtype=np.int32), np.arange(2), [["a.jsonl:1", "a.jsonl:2"]])
+    dropped: dict[str, int] = {}
+    left, examples = corpus.near_deduplicated(data_settings([{"path": write_chats(4)}], dedup="near"), dropped)
+    assert dropped == {"near duplicate": 1} and left.samples == [kept]
+    pair = examples[0]
+    assert pair["kept"].startswith("a.jsonl:1: …") and pair["kept"].endswith("w79")
+    assert pair["removed"].startswith("a.jsonl:2: …") and pair["removed"].endswith("w79 extra")

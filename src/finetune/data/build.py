@@ -270,21 +270,24 @@ class Corpus:
         )
         dropped["near duplicate"] = len(found)
         examples = [
-            {
-                "similarity": pair.similarity,
-                "kept": self._excerpt(pair.kept),
-                "removed": self._excerpt(pair.removed),
-            }
-            for pair in found[:EXAMPLE_PAIRS]
+            {"similarity": pair.similarity, **self._excerpts(pair.kept, pair.removed)} for pair in found[:EXAMPLE_PAIRS]
         ]
         removed = {pair.removed for pair in found}
         keep = np.asarray([i for i in range(len(self.samples)) if i not in removed], dtype=np.int64)
         return (self.take(keep) if removed else self), examples
 
-    def _excerpt(self, index: int) -> str:
-        text = " ⏎ ".join(conversation_text(self.samples[index]).splitlines())
-        cut = text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
-        return f"{self.origin(index)}: {cut}"
+    def _excerpts(self, kept: int, removed: int) -> dict[str, str]:
+        """Both conversations on one line each, EXAMPLE_CHARS long, starting shortly before the first
+        difference when that lies beyond the cut (marked by a leading "…")."""
+        texts = [" ⏎ ".join(conversation_text(self.samples[i]).splitlines()) for i in (kept, removed)]
+        same = next((i for i, (a, b) in enumerate(zip(*texts)) if a != b), min(map(len, texts)))
+        start = same - 40 if same > EXAMPLE_CHARS - 40 else 0
+        out = {}
+        for name, index, text in (("kept", kept, texts[0]), ("removed", removed, texts[1])):
+            cut = ("…" if start else "") + text[start:]
+            cut = cut if len(cut) <= EXAMPLE_CHARS else cut[: EXAMPLE_CHARS - 1] + "…"
+            out[name] = f"{self.origin(index)}: {cut}"
+        return out
 
 
 def _read_all(settings: Settings, report: "Progress") -> Corpus:
