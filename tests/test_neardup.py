@@ -104,6 +104,15 @@ def test_near_settings_without_dedup_near_are_located_errors(data_settings, writ
     assert getattr(settings, key) == value and settings.dedup == "near"
 
 
+@pytest.mark.parametrize("value", ["fuzzy", 3])
+def test_dedup_accepts_only_true_false_or_near(data_settings, write_chats, value):
+    with pytest.raises(RecipeError, match=r"recipe\.yml:\d+: dedup: expected true, false or near"):
+        data_settings([{"path": write_chats(4)}], dedup=value)
+    assert [data_settings([{"path": write_chats(4)}], dedup=v).dedup for v in (True, False, "near")] == [
+        True, False, "near"
+    ]
+
+
 @pytest.mark.parametrize("value", [0, 1, 1.5])
 def test_threshold_must_be_strictly_between_0_and_1(data_settings, write_chats, value):
     chats = write_chats(4)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, to_jsonable_python
 
@@ -329,6 +329,13 @@ class Settings(Section):
                 if data.get(key) is False:
                     data = {**data, key: "false"}
         return data
+
+    @field_validator("dedup", mode="before")
+    @classmethod
+    def _dedup_value(cls, value: Any) -> Any:
+        if value is True or value is False or value == "near":
+            return value
+        raise ValueError("expected true, false or near")
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
