@@ -192,7 +192,7 @@ def test_min_assistant_chars_removes_filler_and_counts(data_settings, write_chat
     texts = decoded_train(result, llama3_tokenizer)
     assert not any("ping 7" in text or "ping 8" in text for text in texts)
     assert any("explain the river stone" in text and "Stones sink." in text for text in texts)
-    assert "filler assistant turns" in summary.format_table() and "only filler replies" in summary.format_table()
+    assert "filler turns removed" in summary.format_table() and "only filler replies" in summary.format_table()
 
 
 def test_example_pairs_start_near_the_first_difference(data_settings, write_chats):

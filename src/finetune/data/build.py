@@ -80,7 +80,7 @@ class PrepareSummary:
             lines.append(f"  {'(none)':<{width}} {0:>12,}")
         lines.append(f"  {'truncated (kept)':<{width}} {self.truncated:>12,}")
         if self.filler_turns:
-            lines.append(f"  {'filler assistant turns':<{width}} {self.filler_turns:>12,}")
+            lines.append(f"  {'filler turns removed':<{width}} {self.filler_turns:>12,}")
         share = self.trained_tokens / self.tokens if self.tokens else 0.0
         rows = [
             ("train samples", f"{self.train_samples:,}"),

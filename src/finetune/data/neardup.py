@@ -119,4 +119,5 @@ def drop_filler_turns(sample: Sample, min_chars: int) -> tuple[Sample, int]:
 
 
 def has_assistant(sample: Sample) -> bool:
+    """Whether a chat sample has an assistant turn left (a completion sample counts as one)."""
     return isinstance(sample, str) or any(message["role"] == "assistant" for message in sample)
