@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from finetune.data.neardup import (  # noqa: E402
+from finetune.data.neardup import (
     NUM_PERM,
     bands_for,
     conversation_text,

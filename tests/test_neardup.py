@@ -66,7 +66,29 @@ def test_deterministic_for_a_seed(near_duplicate_rows):
     runs = [near_duplicates(samples, threshold=0.6, ngram=2, seed=seed) for seed in (7, 7, 8)]
     assert len(runs[0]) == 4
     assert runs[0] == runs[1]
-    assert {pair.removed for pair in runs[2]} == {pair.removed for pair in runs[0]}  # exact check: seed-independent here
+    assert {pair.removed for pair in runs[2]} == {pair.removed for pair in runs[0]}  # candidates checked exactly
+
+
+def test_deterministic_across_processes_whatever_the_string_hash_seed(near_duplicate_rows, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    rows, _ = near_duplicate_rows
+    (tmp_path / "rows.json").write_text(json.dumps(messages(rows)), encoding="utf-8")
+    code = (
+        "import json, sys; from finetune.data.neardup import near_duplicates; "
+        "found = near_duplicates(json.load(open(sys.argv[1])), threshold=0.8, ngram=3, seed=42); "
+        "print(json.dumps([(p.kept, p.removed, p.similarity) for p in found]))"
+    )
+    outputs = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "rows.json")],
+                              capture_output=True, text=True, env=env, check=True)
+        outputs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 3
 
 
 def test_shingles_ignore_case_and_punctuation_and_count_words():
@@ -138,7 +160,7 @@ def test_each_new_setting_changes_the_fingerprint(data_settings, write_chats, ll
 
 
 def test_a_dedup_near_recipe_preprocesses_and_counts(data_settings, write_chats, near_duplicate_rows, llama3_tokenizer):
-    rows, sources = near_duplicate_rows
+    rows, _ = near_duplicate_rows
     path = write_chats(rows=rows)
     exact = prepare_data(data_settings([{"path": path}], dedup=True), llama3_tokenizer, progress=False).summary
     assert exact.dropped["duplicate"] == 0 and exact.train_samples == 15  # exact dedup misses them
