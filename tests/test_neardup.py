@@ -91,6 +91,13 @@ def test_deterministic_across_processes_whatever_the_string_hash_seed(near_dupli
     assert outputs[0] == outputs[1] and len(outputs[0]) == 3
 
 
+def test_a_shared_system_prompt_does_not_make_conversations_alike(make_conversation):
+    system = {"role": "system", "content": " ".join(f"rule{i}" for i in range(200))}
+    rows = [[system] + [m for m in make_conversation(i)["messages"] if m["role"] != "system"] for i in range(1, 9)]
+    assert near_duplicates(rows, threshold=0.5, ngram=3, seed=42) == []
+    assert "rule1" not in conversation_text(rows[0])
+
+
 def test_shingles_ignore_case_and_punctuation_and_count_words():
     assert shingles("Hello, World!  hello world", 2) == {"hello world", "world hello"}
     assert shingles("ok", 3) == {"ok"}

@@ -212,7 +212,7 @@ class Settings(Section):
         3,
         gt=0,
         description="With dedup: near, shingle size in words (lower-cased, punctuation ignored, the role "
-        "names included); smaller catches more reworded copies.",
+        "names included, system turns left out); smaller catches more reworded copies.",
         json_schema_extra={"affects_data": True},
     )
     min_assistant_chars: int = Field(

@@ -1,7 +1,9 @@
 """Near-duplicate conversations (MinHash + LSH through `rensa`) and filler assistant turns.
 
-Near-duplicates (`dedup: near`). The text compared is every turn of a conversation, one
-`role: content` line each (a completion sample is its text), lower-cased and cut into words
+Near-duplicates (`dedup: near`). The text compared is every non-system turn of a conversation,
+one `role: content` line each (a completion sample is its text; system turns are left out, since a
+system prompt shared by every row would make short conversations look alike and every pair an LSH
+candidate), lower-cased and cut into words
 (runs of letters and digits; punctuation and spacing ignored); its shingles are the distinct
 runs of `dedup_ngram` words (the whole text when it is shorter). Conversations are visited in
 dataset order, before the shuffle. LSH proposes earlier *kept* conversations with similar
@@ -41,10 +43,10 @@ class NearDuplicate:
 
 
 def conversation_text(sample: Sample) -> str:
-    """The text compared for near-duplicates: all turns, `role: content` per line."""
+    """The text compared for near-duplicates: the non-system turns, `role: content` per line."""
     if isinstance(sample, str):
         return sample
-    return "\n".join(f"{message['role']}: {message['content']}" for message in sample)
+    return "\n".join(f"{message['role']}: {message['content']}" for message in sample if message["role"] != "system")
 
 
 def shingles(text: str, ngram: int) -> set[str]:
