@@ -239,3 +239,27 @@ def test_example_pairs_start_near_the_first_difference(data_settings, write_chat
     pair = examples[0]
     assert pair["kept"].startswith("a.jsonl:1: …") and pair["kept"].endswith("w79")
     assert pair["removed"].startswith("a.jsonl:2: …") and pair["removed"].endswith("w79 extra")
+
+
+def test_a_dedup_near_recipe_trains_on_the_deduplicated_rows(micro_llama_dir, tmp_path, write_chats, near_duplicate_rows):
+    import math
+
+    from finetune.config import load_recipe_text
+    from finetune.model.tokenizer import load_tokenizer
+    from finetune.train.run import run_training
+
+    rows, _ = near_duplicate_rows
+    path = write_chats(rows=rows + [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "k"}]}])
+    settings = load_recipe_text(
+        f"base_model: {micro_llama_dir}\ndatasets: [{{path: {path}}}]\ndataset_prepared_path: {tmp_path / 'prepared'}\n"
+        "chat_template: llama3\ndedup: near\ndedup_threshold: 0.85\nmin_assistant_chars: 3\nadapter: lora\nlora_target_linear: true\n"
+        "lora_r: 4\nlora_alpha: 8\nsequence_len: 256\nbf16: false\noptimizer: sgd\nlearning_rate: 0.1\n"
+        "lr_scheduler: constant\nwarmup_steps: 0\nmax_steps: 2\nmicro_batch_size: 2\ngradient_accumulation_steps: 1\n"
+        'special_tokens: {pad_token: "<|finetune_right_pad_id|>", eos_token: "<|eot_id|>"}\n'
+    ).settings
+    tokenizer = load_tokenizer(settings)
+    prepared = prepare_data(settings, tokenizer, progress=False)
+    assert prepared.summary.dropped["near duplicate"] == 3 and prepared.summary.dropped["only filler replies"] == 1
+    assert len(prepared.train) == 12
+    result = run_training(settings, prepared, tokenizer, output_dir=tmp_path / "out", notify=lambda message: None)
+    assert result.global_step == 2 and math.isfinite(result.train_loss)
