@@ -32,7 +32,7 @@ import numpy as np
 from finetune.config.settings import Settings
 from finetune.data import cache
 from finetune.data.formats import Sample, format_table, sample_key
-from finetune.data.neardup import conversation_text, drop_filler_turns, has_assistant, near_duplicates
+from finetune.data.neardup import conversation_text, drop_filler_turns, excerpts, has_assistant, near_duplicates
 from finetune.data.pack import Ragged, pack, packing_efficiency
 from finetune.data.readers import Origins, read_dataset
 from finetune.data.tokenize import IGNORE_INDEX
@@ -277,17 +277,8 @@ class Corpus:
         return (self.take(keep) if removed else self), examples
 
     def _excerpts(self, kept: int, removed: int) -> dict[str, str]:
-        """Both conversations on one line each, EXAMPLE_CHARS long, starting shortly before the first
-        difference when that lies beyond the cut (marked by a leading "…")."""
-        texts = [" ⏎ ".join(conversation_text(self.samples[i]).splitlines()) for i in (kept, removed)]
-        same = next((i for i, (a, b) in enumerate(zip(*texts)) if a != b), min(map(len, texts)))
-        start = same - 40 if same > EXAMPLE_CHARS - 40 else 0
-        out = {}
-        for name, index, text in (("kept", kept, texts[0]), ("removed", removed, texts[1])):
-            cut = ("…" if start else "") + text[start:]
-            cut = cut if len(cut) <= EXAMPLE_CHARS else cut[: EXAMPLE_CHARS - 1] + "…"
-            out[name] = f"{self.origin(index)}: {cut}"
-        return out
+        texts = excerpts(conversation_text(self.samples[kept]), conversation_text(self.samples[removed]), EXAMPLE_CHARS)
+        return {"kept": f"{self.origin(kept)}: {texts[0]}", "removed": f"{self.origin(removed)}: {texts[1]}"}
 
 
 def _read_all(settings: Settings, report: "Progress") -> Corpus:

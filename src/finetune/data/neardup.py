@@ -98,6 +98,17 @@ def near_duplicates(samples: list[Sample], *, threshold: float, ngram: int, seed
     return found
 
 
+def excerpts(kept: str, removed: str, chars: int) -> tuple[str, str]:
+    """Both texts on one line each (turns joined by " ⏎ "), at most `chars` long, starting shortly
+    before their first difference when that lies beyond the cut (marked by a leading "…")."""
+    texts = [" ⏎ ".join(text.splitlines()) for text in (kept, removed)]
+    same = next((i for i, (a, b) in enumerate(zip(*texts)) if a != b), min(map(len, texts)))
+    start = same - 40 if same > chars - 40 else 0
+    cuts = [("…" if start else "") + text[start:] for text in texts]
+    left, right = (cut if len(cut) <= chars else cut[: chars - 1] + "…" for cut in cuts)
+    return left, right
+
+
 def drop_filler_turns(sample: Sample, min_chars: int) -> tuple[Sample, int]:
     """The sample without assistant turns shorter than min_chars (stripped) and the user/tool turns
     they answer; and how many assistant turns were removed. Completion samples are unchanged."""
