@@ -169,6 +169,24 @@ def write_chats(tmp_path: Path):
     return write
 
 
+def near_copy(row: dict[str, Any], word: str = "indeed") -> dict[str, Any]:
+    """The conversation with `word` appended to its last turn and its first turn upper-cased:
+    not an exact duplicate, but word-shingle Jaccard >= 0.9 (case and punctuation are ignored)."""
+    messages = [dict(message) for message in row["messages"]]
+    messages[0]["content"] = messages[0]["content"].upper()
+    messages[-1]["content"] += f" {word}"
+    return {"messages": messages}
+
+
+@pytest.fixture
+def near_duplicate_rows() -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """12 distinct conversations, then near copies (not exact ones) of rows 4, 7 and 4 again, ending in
+    "indeed", "indeed" and "too": (rows, {copy row: source row})."""
+    rows = [chat_conversation(i) for i in range(1, 13)]
+    copies = [near_copy(rows[4]), near_copy(rows[7]), near_copy(rows[4], "too")]
+    return rows + copies, {12: 4, 13: 7, 14: 4}
+
+
 @pytest.fixture
 def data_settings(tmp_path: Path, tiny_llama_dir: Path):
     """Factory: `Settings` for the data pipeline, loaded from tmp_path/recipe.yml (errors name its lines).
