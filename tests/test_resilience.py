@@ -112,6 +112,18 @@ def test_other_damage_also_falls_back(tmp_path, damage):
     assert decide_output_dir(tmp_path, resume=True, overwrite=False).resume_from == previous
 
 
+def test_a_deepspeed_checkpoint_without_gathered_weights_is_resumed(tmp_path):
+    # ZeRO-3 with stage3_gather_16bit_weights_on_model_save false keeps the weights in DeepSpeed's own state.
+    _checkpoint(tmp_path, 1)
+    newest = _checkpoint(tmp_path, 2)
+    (newest / "adapter_model.safetensors").unlink()
+    assert checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]  # no weights and no DeepSpeed state: damaged
+    (newest / "global_step2").mkdir()
+    (newest / "global_step2" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"state")
+    (newest / "latest").write_text("global_step2")
+    assert decide_output_dir(tmp_path, resume=True, overwrite=False).resume_from == newest
+
+
 def test_sealed_and_legacy_checkpoints_are_both_resumed(tmp_path):
     from finetune.rundir import COMPLETE_MARKER
     from finetune.train.checkpoints import seal_checkpoint

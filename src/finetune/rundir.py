@@ -160,7 +160,19 @@ def verify_checkpoint(checkpoint: Path) -> None:
     for name in ("adapter_config.json", "config.json"):
         if (checkpoint / name).is_file():
             read_json(checkpoint / name)
+    weights = any(checkpoint.glob("*.safetensors")) or (checkpoint / "model.safetensors.index.json").is_file()
+    if not weights and _deepspeed_state(checkpoint):
+        return  # ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the weights are in DeepSpeed's state
     verify_weights(checkpoint)
+
+
+def _deepspeed_state(checkpoint: Path) -> bool:
+    """Whether `checkpoint` holds DeepSpeed's own state: a `latest` file naming a non-empty `global_step*` dir."""
+    try:
+        tag = (checkpoint / "latest").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(tag) and (checkpoint / tag).is_dir() and any((checkpoint / tag).iterdir())
 
 
 def adapter_kind(run_dir: Path) -> AdapterKind:
