@@ -102,8 +102,12 @@ def test_nothing_to_train(llama3_tokenizer: Any, messages: Any) -> None:
 
 
 def test_invalid_train_on_eos(llama3_tokenizer: Any) -> None:
-    with pytest.raises(RecipeError, match="train_on_eos"):
-        encode(llama3_tokenizer, DIALOG, train_on_eos="sometimes")
+    from pydantic import ValidationError
+
+    from finetune.config.settings import DatasetSettings
+
+    with pytest.raises(ValidationError, match="train_on_eos"):  # the settings own the check
+        DatasetSettings(path="data.jsonl", train_on_eos="sometimes")
     with pytest.raises(RecipeError, match="list of roles"):
         encode(llama3_tokenizer, DIALOG, roles_to_train="assistant")
 

@@ -17,6 +17,8 @@ from pydantic_core import PydanticCustomError, to_jsonable_python
 
 from finetune.config.yaml_source import RecipeSource
 
+ChatTemplateName = Literal["llama3", "chatml", "tokenizer_default", "jinja"]
+TrainOnEos = Literal["turn", "all", "last", "none"]
 Optimizer = Literal[
     "adamw_torch",
     "adamw_torch_fused",
@@ -99,7 +101,7 @@ class DatasetSettings(Section):
         description="chat_template: roles whose content is trained when `train_on_inputs` is false.",
         json_schema_extra={"affects_data": True},
     )
-    train_on_eos: Literal["turn", "all", "last", "none"] = Field(
+    train_on_eos: TrainOnEos = Field(
         "turn",
         description="Which end-of-turn tokens are trained: turn = after each trained turn; all = after every "
         "turn; last = after the last trained turn only; none.",
@@ -176,7 +178,7 @@ class Settings(Section):
     )
 
     # --- data ------------------------------------------------------------------------
-    chat_template: Literal["llama3", "chatml", "tokenizer_default", "jinja"] = Field(
+    chat_template: ChatTemplateName = Field(
         "tokenizer_default",
         description="llama3 | chatml | tokenizer_default (the tokenizer's own) | jinja (see chat_template_jinja).",
         json_schema_extra={"affects_data": True},

@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -129,6 +129,33 @@ def prepare_data(settings: Settings, tokenizer: Any, *, force: bool = False, pro
             return PreparedData(splits["train"], splits["eval"], path, PrepareSummary.from_dict(summary), True)
 
     report = Progress(progress)
+    splits, summary = build_splits(settings, tokenizer, template, report)
+    summary = replace(summary, seconds=round(time.perf_counter() - started, 3))
+    report.stage("saving")
+    cache.save(path, key, splits, summary.to_dict())
+    loaded = cache.load(path, key)
+    if loaded is None:  # pragma: no cover - a concurrent writer replaced it mid-read
+        raise DataError(f"{path}: the prepared data vanished right after it was written; run again")
+    report.done()
+    return PreparedData(loaded[0]["train"], loaded[0]["eval"], path, summary, False)
+
+
+class SplitStats(NamedTuple):
+    """Counts of one prepared split."""
+
+    samples: int
+    rows: int
+    tokens: int
+    trained_tokens: int
+
+
+NO_SPLIT = SplitStats(0, 0, 0, 0)
+
+
+def build_splits(
+    settings: Settings, tokenizer: Any, template: Any, report: "Progress"
+) -> tuple[dict[str, dict[str, Ragged] | None], PrepareSummary]:
+    """Stages 1-6 of the module doc in memory: the train/eval columns and their summary (seconds 0)."""
     corpus = _read_all(settings, report)
     dropped = {"empty": 0, "duplicate": 0, "no trainable tokens": 0, f"longer than {settings.sequence_len} tokens": 0}
     corpus = corpus.without_empty(dropped)
@@ -147,48 +174,41 @@ def prepare_data(settings: Settings, tokenizer: Any, *, force: bool = False, pro
     keep, truncated, ids, labels = _filter(ids, labels, corpus, settings, dropped)
     is_eval = np.arange(len(corpus)) < n_eval
     splits: dict[str, dict[str, Ragged] | None] = {}
-    stats: dict[str, Any] = {}
+    stats: dict[str, SplitStats] = {}
     plan = (("train", keep & ~is_eval, settings.sample_packing), ("eval", keep & is_eval, settings.packs_eval))
     for name, selected, packed in plan:
         index = np.flatnonzero(selected)
         if name == "eval" and n_eval == 0:
-            splits[name], stats[name] = None, (0, 0, 0, 0)
+            splits[name], stats[name] = None, NO_SPLIT
             continue
         split_ids, split_labels = ids.take(index), labels.take(index)
         columns = _rows(split_ids, split_labels, packed, settings)
         splits[name] = columns
         trained = int(np.count_nonzero(columns["labels"].values != IGNORE_INDEX))
-        stats[name] = (len(index), len(columns["input_ids"]), len(split_ids.values), trained)
-    if stats["train"][0] == 0:
+        stats[name] = SplitStats(len(index), len(columns["input_ids"]), len(split_ids.values), trained)
+    train, evaluation = stats["train"], stats["eval"]
+    if train.samples == 0:
         raise DataError(f"no training samples left after filtering; dropped: {_nonzero(dropped)}")
     summary = PrepareSummary(
         read=corpus.read_counts,
         dropped=dropped,
         truncated=truncated,
-        train_samples=stats["train"][0],
-        eval_samples=stats["eval"][0],
-        train_rows=stats["train"][1],
-        eval_rows=stats["eval"][1],
-        tokens=stats["train"][2],
-        trained_tokens=stats["train"][3],
-        eval_tokens=stats["eval"][2],
+        train_samples=train.samples,
+        eval_samples=evaluation.samples,
+        train_rows=train.rows,
+        eval_rows=evaluation.rows,
+        tokens=train.tokens,
+        trained_tokens=train.trained_tokens,
+        eval_tokens=evaluation.tokens,
         packing_efficiency=(
-            packing_efficiency(stats["train"][2], stats["train"][1], settings.sequence_len)
-            if settings.sample_packing
-            else None
+            packing_efficiency(train.tokens, train.rows, settings.sequence_len) if settings.sample_packing else None
         ),
         sequence_len=settings.sequence_len,
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=0.0,
         filler_turns=filler_turns,
         near_duplicate_examples=examples,
     )
-    report.stage("saving")
-    cache.save(path, key, splits, summary.to_dict())
-    loaded = cache.load(path, key)
-    if loaded is None:  # pragma: no cover - a concurrent writer replaced it mid-read
-        raise DataError(f"{path}: the prepared data vanished right after it was written; run again")
-    report.done()
-    return PreparedData(loaded[0]["train"], loaded[0]["eval"], path, summary, False)
+    return splits, summary
 
 
 def eval_count(settings: Settings, total: int) -> int:

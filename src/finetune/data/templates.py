@@ -26,18 +26,19 @@ conversation; each content is then located by a forward search from a cursor
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune.config.settings import ChatTemplateName
 from finetune.errors import DataError, RecipeError
 
 Message = Mapping[str, str]
 Span = tuple[int, int]
 Renderer = Callable[[Sequence[Message], bool], "Rendered"]
 
-BUILTIN_TEMPLATES = ("llama3", "chatml", "tokenizer_default", "jinja")
 
 LLAMA3_BOS = "<|begin_of_text|>"
 LLAMA3_EOT = "<|eot_id|>"
@@ -239,9 +240,9 @@ def check_jinja_syntax(source: str, origin: str) -> None:
 
 
 def resolve_template(
-    name: str, jinja: str | None = None, tokenizer: Any = None, *, end_of_turn: str | None = None
+    name: ChatTemplateName, jinja: str | None = None, tokenizer: Any = None, *, end_of_turn: str | None = None
 ) -> ChatTemplate:
-    """Build the :class:`ChatTemplate` called ``name`` (one of :data:`BUILTIN_TEMPLATES`).
+    """Build the :class:`ChatTemplate` called ``name`` (one of the recipe's `ChatTemplateName`s).
 
     ``jinja`` (inline source or a file path) is required for ``name="jinja"`` and
     rejected otherwise. ``end_of_turn`` overrides the marker whose span is reported
@@ -265,7 +266,7 @@ def resolve_template(
             raise RecipeError("chat_template: jinja needs chat_template_jinja (inline Jinja or a file path)")
         source = load_jinja(jinja)
     else:
-        raise RecipeError(f"unknown chat_template {name!r}; expected one of {', '.join(BUILTIN_TEMPLATES)}")
+        raise RecipeError(f"unknown chat_template {name!r}; expected one of {', '.join(typing.get_args(ChatTemplateName))}")
     check_jinja_syntax(source, f"chat_template {name!r}")
     if tokenizer is None:
         raise RecipeError(f"chat_template {name!r} needs the tokenizer to render")

@@ -28,16 +28,15 @@ that the lengths add up; otherwise the offset mapping is used.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from finetune.config.settings import TrainOnEos
 from finetune.data.templates import ChatTemplate, Message, Rendered, Span
 from finetune.errors import RecipeError
 
 IGNORE_INDEX = -100  # the label of an untrained token; the one definition (data, collator, loss)
-TRAIN_ON_EOS = ("turn", "all", "last", "none")
-TrainOnEos = Literal["turn", "all", "last", "none"]
 Example = tuple[np.ndarray, np.ndarray]
 
 
@@ -48,8 +47,6 @@ def trained_spans(
     train_on_eos: TrainOnEos = "turn",
 ) -> list[Span]:
     """Sorted, non-empty character spans of ``rendered.text`` whose tokens are trained."""
-    if train_on_eos not in TRAIN_ON_EOS:
-        raise RecipeError(f"train_on_eos must be one of {', '.join(TRAIN_ON_EOS)}, got {train_on_eos!r}")
     trained_turns = [i for i, role in enumerate(roles) if role in roles_to_train]
     spans = [rendered.content_spans[i] for i in trained_turns]
     if train_on_eos == "turn":
@@ -190,8 +187,6 @@ def encode_conversations(
     tokenized in one call. A conversation with nothing to train (e.g. user-only)
     gets all ``-100`` labels; dropping it is the caller's decision.
     """
-    if train_on_eos not in TRAIN_ON_EOS:
-        raise RecipeError(f"train_on_eos must be one of {', '.join(TRAIN_ON_EOS)}, got {train_on_eos!r}")
     if isinstance(roles_to_train, str):
         raise RecipeError(f"roles_to_train must be a list of roles, got the string {roles_to_train!r}")
     if batch_size < 1:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from finetune.errors import FinetuneError
+from finetune.train.collective import all_reduce
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 FINISHED_MARKERS = ("run_summary.json",)
@@ -182,7 +183,7 @@ def stop_on_signal_callback(flag: SignalFlag) -> Any:
 
     class StopOnSignal(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            signum = _agree(flag.signum or 0, args.device)
+            signum = all_reduce([flag.signum or 0], args.device, op="max")[0]
             if signum:
                 flag.signum = flag.signum or signum
                 control.should_save = True
@@ -195,21 +196,6 @@ def stop_on_signal_callback(flag: SignalFlag) -> Any:
                 raise TrainingInterrupted(flag.signum, checkpoint if checkpoint.is_dir() else None, state.global_step)
 
     return StopOnSignal()
-
-
-def _agree(value: int, device: Any) -> int:
-    """The maximum of `value` over all processes (itself without torch.distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    import torch
-
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    tensor = torch.tensor([value], dtype=torch.long, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
 
 
 # --- secrets -----------------------------------------------------------------------------------

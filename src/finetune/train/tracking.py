@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError
+from finetune.train.collective import all_reduce
 
 DEFAULT_HOST = "api.wandb.ai"
 RUN_ID_FILE = "wandb_run_id"
@@ -207,17 +208,7 @@ class Tracker:
 
 def _sum_over_processes(values: list[float], device: Any) -> list[float]:
     """Element-wise sum over processes; a value < 0 (unknown) on any process stays unknown (-1)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    import torch
-
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    unknown = [1.0 if v < 0 else 0.0 for v in values]
-    tensor = torch.tensor([max(v, 0.0) for v in values] + unknown, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
     n = len(values)
-    return [-1.0 if tensor[n + i].item() > 0 else tensor[i].item() for i in range(n)]
+    totals = all_reduce([max(v, 0.0) for v in values] + [1.0 if v < 0 else 0.0 for v in values], device)
+    return [-1.0 if totals[n + i] > 0 else totals[i] for i in range(n)]
 

@@ -24,8 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from trl import SFTTrainer
+
 from finetune.config.settings import Settings
 from finetune.loss import trained_token_nll
+from finetune.model.adapters import trainable_to_fp32
+from finetune.train.collective import all_reduce
 
 
 @dataclass
@@ -36,67 +40,60 @@ class TokenCounter:
     trained_tokens: int = 0
 
 
-def _trainer_class() -> type:
-    from trl import SFTTrainer
+class FinetuneTrainer(SFTTrainer):
+    """SFTTrainer over prepared rows with a trained-tokens-only loss (see the module docstring)."""
 
-    from finetune.model.adapters import trainable_to_fp32
+    _tag_names = ["finetune", "sft"]
 
-    class FinetuneTrainer(SFTTrainer):
-        """SFTTrainer over prepared rows with a trained-tokens-only loss (see the module docstring)."""
+    def __init__(self, *args: Any, counter: TokenCounter, pad_id: int, loss_head: str = "fused",
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_head = loss_head
+        self.counter = counter
+        self.pad_id = pad_id
+        self._eval_sums: list[float] = [0.0, 0.0]  # trained-token NLL and count of the running evaluation
+        trainable_to_fp32(self.model)
 
-        _tag_names = ["finetune", "sft"]
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):  # noqa: ANN001
+        """As the Trainer's, but `<prefix>_loss` is per trained token over the whole split (all processes),
+        not a mean of per-batch means, so it matches `finetune evaluate`."""
+        self._eval_sums = [0.0, 0.0]
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        nll, count = all_reduce([float(v) for v in self._eval_sums], self.args.device)
+        key = f"{metric_key_prefix}_loss"
+        if count > 0 and key in output.metrics:
+            output.metrics[key] = nll / count
+        return output
 
-        def __init__(self, *args: Any, counter: TokenCounter, pad_id: int, loss_head: str = "fused",
-                     **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.loss_head = loss_head
-            self.counter = counter
-            self.pad_id = pad_id
-            self._eval_sums: list[float] = [0.0, 0.0]  # trained-token NLL and count of the running evaluation
-            trainable_to_fp32(self.model)
-
-        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                            metric_key_prefix="eval"):  # noqa: ANN001
-            """As the Trainer's, but `<prefix>_loss` is per trained token over the whole split (all processes),
-            not a mean of per-batch means, so it matches `finetune evaluate`."""
-            self._eval_sums = [0.0, 0.0]
-            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
-                                             metric_key_prefix)
-            nll, count = _all_reduce_sum([float(v) for v in self._eval_sums], self.args.device)
-            key = f"{metric_key_prefix}_loss"
-            if count > 0 and key in output.metrics:
-                output.metrics[key] = nll / count
-            return output
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-            labels = inputs["labels"]
-            forward = {key: value for key, value in inputs.items() if key != "labels"}
-            outputs = model(**forward, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-            unwrapped = self.accelerator.unwrap_model(model)
-            text_config = unwrapped.config.get_text_config()
-            nll, count = trained_token_nll(
-                outputs.hidden_states[-1], labels, unwrapped.get_output_embeddings(), text_config,
-                loss_head=self.loss_head,
-            )
-            denominator = count if num_items_in_batch is None else num_items_in_batch
-            loss = nll / torch_clamp_min1(denominator)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes  # DDP averages gradients across processes
-            if not model.training:
-                self._eval_sums[0] += float(nll.detach())
-                self._eval_sums[1] += int(count)
-            if model.training:
-                if "attention_mask" in inputs:
-                    tokens = int(inputs["attention_mask"].sum())
-                else:
-                    tokens = int((inputs["input_ids"] != self.pad_id).sum())
-                self.counter.tokens += tokens
-                self.counter.trained_tokens += int(count)
-                self._metrics["train"]["num_tokens"] = [self.counter.tokens]
-                self._metrics["train"]["num_trained_tokens"] = [self.counter.trained_tokens]
-            return (loss, outputs) if return_outputs else loss
-
-    return FinetuneTrainer
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        labels = inputs["labels"]
+        forward = {key: value for key, value in inputs.items() if key != "labels"}
+        outputs = model(**forward, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        unwrapped = self.accelerator.unwrap_model(model)
+        text_config = unwrapped.config.get_text_config()
+        nll, count = trained_token_nll(
+            outputs.hidden_states[-1], labels, unwrapped.get_output_embeddings(), text_config,
+            loss_head=self.loss_head,
+        )
+        denominator = count if num_items_in_batch is None else num_items_in_batch
+        loss = nll / torch_clamp_min1(denominator)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients across processes
+        if not model.training:
+            self._eval_sums[0] += float(nll.detach())
+            self._eval_sums[1] += int(count)
+        if model.training:
+            if "attention_mask" in inputs:
+                tokens = int(inputs["attention_mask"].sum())
+            else:
+                tokens = int((inputs["input_ids"] != self.pad_id).sum())
+            self.counter.tokens += tokens
+            self.counter.trained_tokens += int(count)
+            self._metrics["train"]["num_tokens"] = [self.counter.tokens]
+            self._metrics["train"]["num_trained_tokens"] = [self.counter.trained_tokens]
+        return (loss, outputs) if return_outputs else loss
 
 
 def torch_clamp_min1(value: Any) -> Any:
@@ -123,7 +120,7 @@ def build_trainer(
     all_callbacks = list(callbacks)
     if settings.early_stopping_patience is not None and eval_dataset is not None:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
-    return _trainer_class()(
+    return FinetuneTrainer(
         model=model,
         args=args,
         data_collator=collator,
@@ -149,19 +146,6 @@ def peak_memory_bytes() -> int:
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def _all_reduce_sum(values: list[Any], device: Any) -> list[Any]:
-    """Sum `values` (ints or floats) over all processes; as given when not distributed."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    floats = any(isinstance(v, float) for v in values)
-    tensor = torch.tensor(values, dtype=torch.float64 if floats else torch.long, device=device)
-    dist.all_reduce(tensor)
-    return [float(v) if floats else int(v) for v in tensor.tolist()]
 
 
 def summarize(log_history: Sequence[Mapping[str, Any]], *, steps: int, tokens: int, trained_tokens: int,
@@ -225,7 +209,7 @@ def summary_callbacks(counter: TokenCounter, output_dir: Path) -> list[Any]:
 
         def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
             wall = time.perf_counter() - self.started
-            tokens, trained = _all_reduce_sum([counter.tokens, counter.trained_tokens], args.device)
+            tokens, trained = all_reduce([counter.tokens, counter.trained_tokens], args.device)
             self.summary = summarize(state.log_history, steps=state.global_step, tokens=tokens,
                                      trained_tokens=trained, wall_s=wall, peak_memory=peak_memory_bytes())
             # run_training writes it after the adapter is saved: its presence means "finished".
