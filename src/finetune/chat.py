@@ -15,6 +15,7 @@ answered as JSONL; or an interactive loop keeping the conversation (`/reset`, `/
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,9 @@ from typing import Any, Callable, Optional, TextIO
 
 from finetune.config.settings import Settings
 from finetune.errors import DataError, FinetuneError
-from finetune.model.load import notice
 from finetune.merge import load_run_tokenizer, resolve_adapter_dir
+
+logger = logging.getLogger(__name__)
 
 END_OF_TURN_MARKERS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|eom_id|>")
 HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D), /help"
@@ -76,8 +78,7 @@ class History:
 # --- loading ---------------------------------------------------------------------------------------
 
 
-def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None, base_only: bool = False,
-                    notify: Callable[[str], None] = notice) -> ChatModel:
+def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None, base_only: bool = False) -> ChatModel:
     """Base (quantized as trained) + adapter, or the base alone; raises FinetuneError/RecipeError with hints."""
     full_model = settings.adapter is None and not base_only
     if full_model:  # full fine-tuning: output_dir is the model itself
@@ -94,7 +95,7 @@ def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None
             run_dir = None  # no run yet: the recipe's tokenizer and template
     else:
         run_dir = resolve_adapter_dir(settings, adapter_dir)
-    tokenizer = load_run_tokenizer(settings, run_dir, notify)
+    tokenizer = load_run_tokenizer(settings, run_dir)
     if not isinstance(getattr(tokenizer, "chat_template", None), str) or not tokenizer.chat_template:
         raise FinetuneError(f"the tokenizer in {run_dir} has no chat template; set chat_template in the recipe")
     model = _load_base(settings, tokenizer)
@@ -115,7 +116,7 @@ def _load_base(settings: Settings, tokenizer: Any) -> Any:
 
     from finetune.model.load import load_model
 
-    model = load_model(settings, tokenizer, notify=lambda message: None)
+    model = load_model(settings, tokenizer, training=False)
     if torch.cuda.is_available() and not (settings.load_in_4bit or settings.load_in_8bit):
         model = model.to("cuda")
     return model
@@ -288,7 +289,7 @@ def chat_main(
                 sink.write(json.dumps({**row, "answer": answer(chat, messages, sampling)}, ensure_ascii=False) + "\n")
                 sink.flush()
                 if output is not None:
-                    notice(f"answered {number}/{len(rows)}")
+                    logger.info("answered %d/%d", number, len(rows))
         finally:
             if output is not None:
                 sink.close()

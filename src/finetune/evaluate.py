@@ -82,7 +82,7 @@ def evaluate_rows(
     from finetune.model.load import load_model
 
     collate = make_collator(settings, tokenizer)
-    model = load_model(settings, tokenizer)
+    model = load_model(settings, tokenizer, training=False)
     if settings.adapter:
         from peft import PeftModel
 

@@ -28,6 +28,7 @@ model computed with during training, and needs no GPU.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -40,10 +41,11 @@ from typing import Any, Callable, Literal, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError, RecipeError
-from finetune.model.load import notice
 from finetune.safetensors_stream import (FLOAT_CODES, INDEX_FILE, st_code, weight_files, write_index,
                                          write_sharded)
 from finetune.sizes import parse_size
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_PREFIX = "base_model.model."
 NF4_BLOCKSIZE = 64  # bitsandbytes' Params4bit default, which `load_in_4bit` uses
@@ -143,7 +145,7 @@ def base_model_dir(settings: Settings) -> Path:
         ) from None
 
 
-def load_run_tokenizer(settings: Settings, adapter_dir: Path | None, notify: Callable[[str], None] = notice) -> Any:
+def load_run_tokenizer(settings: Settings, adapter_dir: Path | None) -> Any:
     """The tokenizer saved with the run (chat template, trained eos/pad); else the recipe's, with its template."""
     from transformers import AutoTokenizer
 
@@ -156,7 +158,7 @@ def load_run_tokenizer(settings: Settings, adapter_dir: Path | None, notify: Cal
     template = resolve_template(settings.chat_template, settings.chat_template_jinja, tokenizer)
     tokenizer.chat_template = template.jinja_source
     if adapter_dir is not None:
-        notify(f"{adapter_dir} holds no tokenizer; using the recipe's tokenizer and chat template")
+        logger.info("%s holds no tokenizer; using the recipe's tokenizer and chat template", adapter_dir)
     return tokenizer
 
 
@@ -181,7 +183,6 @@ def merge_adapter(
     max_shard_size: int | str = "2GB",
     quant_dtype: Any = None,
     monitor: MergeMonitor | None = None,
-    notify: Callable[[str], None] = notice,
 ) -> Path:
     """Merge the run's adapter into the base and write a standalone model to `out_dir` (default `output_dir/merged`).
 
@@ -208,7 +209,7 @@ def merge_adapter(
     out_dir = Path(out_dir) if out_dir is not None else Path(settings.output_dir) / "merged"
     base_dir = base_model_dir(settings)
     adapter_config = read_adapter_config(adapter_dir)
-    tokenizer = load_run_tokenizer(settings, adapter_dir, notify)
+    tokenizer = load_run_tokenizer(settings, adapter_dir)
     base_config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     base_files = _base_weight_files(base_dir, settings)
     monitor = monitor or MergeMonitor()
@@ -260,8 +261,8 @@ def merge_adapter(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     kind = "DoRA" if adapter_config.get("use_dora") else "LoRA"
-    notify(f"merged the {kind} adapter from {adapter_dir} into {out_dir} ({len(weight_map)} tensors, "
-           f"{shard_count} shard(s), {total / 1e9:.2f} GB, {dtype})")
+    logger.info(f"merged the {kind} adapter from {adapter_dir} into {out_dir} ({len(weight_map)} tensors, "
+                f"{shard_count} shard(s), {total / 1e9:.2f} GB, {dtype})")
     return out_dir
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any, Sequence
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, RecipeError
-from finetune.model.load import Notify, notice
 
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,6 @@ def run_training(
     world_size: int | None = None,
     callbacks: Sequence[Any] = (),
     report_to: Sequence[str] = (),
-    notify: Notify = notice,
 ) -> RunResult:
     """Train on `prepared` (finetune.data.build.PreparedData: .train, .eval) and save everything.
 
@@ -65,15 +65,15 @@ def run_training(
     output_dir = Path(output_dir if output_dir is not None else settings.output_dir)
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     resume_from = _resume_point(resume, output_dir)
-    template = chat_template_source(settings, tokenizer, notify)
+    template = chat_template_source(settings, tokenizer)
 
     from transformers import set_seed
 
     set_seed(settings.seed)  # adapter initialisation is random
     precision = resolve_precision(settings)
-    model = load_model(settings, tokenizer, precision=precision, notify=notify)
+    model = load_model(settings, tokenizer, precision=precision)
     if settings.adapter:
-        model = apply_adapter(settings, model, notify=notify)
+        model = apply_adapter(settings, model)
     if len(prepared.train) == 0:
         raise FinetuneError("the prepared training split is empty; nothing to train")
     per_epoch = steps_per_epoch(
@@ -132,7 +132,7 @@ def save_outputs(trainer: Any, tokenizer: Any, template: str | None, output_dir:
     saved.save_pretrained(str(output_dir))
 
 
-def chat_template_source(settings: Settings, tokenizer: Any, notify: Notify = notice) -> str | None:
+def chat_template_source(settings: Settings, tokenizer: Any) -> str | None:
     """The Jinja source of the recipe's chat template (saved with the tokenizer), or None when there is none."""
     from finetune.data.templates import resolve_template
 
@@ -140,7 +140,7 @@ def chat_template_source(settings: Settings, tokenizer: Any, notify: Notify = no
         return resolve_template(settings.chat_template, settings.chat_template_jinja, tokenizer).jinja_source
     except RecipeError as exc:
         if settings.chat_template == "tokenizer_default":
-            notify(f"no chat template saved with the tokenizer: {exc}")
+            logger.warning("no chat template saved with the tokenizer: %s", exc)
             return None
         raise
 
