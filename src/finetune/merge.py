@@ -220,6 +220,7 @@ def merge_adapter(
 
             quant_dtype = compute_dtype(settings)
 
+    logger.info("merging the adapter from %s into %s (%s), writing %s", adapter_dir, base_dir, dtype, out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -153,6 +153,9 @@ def load_model(settings: Settings, tokenizer: Any, *, precision: Precision | Non
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = _quantized_device_map()
+    how = "quantized to 4-bit" if settings.load_in_4bit else "quantized to 8-bit" if settings.load_in_8bit else \
+        str(kwargs["dtype"]).removeprefix("torch.")
+    logger.info("loading the base model %s (%s)", settings.base_model, how)
     try:
         model = AutoModelForCausalLM.from_pretrained(settings.base_model, **kwargs)
     except (OSError, ValueError) as exc:

@@ -60,6 +60,7 @@ def run_training(
     from finetune.model.adapters import apply_adapter
     from finetune.model.load import load_model, resolve_precision
     from finetune.train.args import sft_config, steps_per_epoch
+    from finetune.train.progress import best_checkpoint_entry, progress_callback
     from finetune.train.trainer import TokenCounter, build_trainer, summary_callbacks
 
     output_dir = Path(output_dir if output_dir is not None else settings.output_dir)
@@ -101,20 +102,24 @@ def run_training(
         args=args,
         collator=make_collator(settings, tokenizer),
         counter=counter,
-        callbacks=[*own, *callbacks],
+        callbacks=[*own, progress_callback(lambda: counter.tokens), *callbacks],
     )
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.yml").write_text(resolved_recipe_yaml(settings), encoding="utf-8")
     trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.is_world_process_zero():
+        logger.info("saving the %s to %s", "adapter" if settings.adapter else "model", output_dir)
     save_outputs(trainer, tokenizer, template, output_dir)
     summary = dict(own[0].summary or {})
     efficiency = getattr(getattr(prepared, "summary", None), "packing_efficiency", None)
     if efficiency is not None:
         summary["packing_efficiency"] = efficiency
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    summary["best_checkpoint"] = best_checkpoint_entry(trainer.state.log_history, checkpoints, output_dir,
+                                                       final_step=trainer.state.global_step)
     if trainer.is_world_process_zero():  # written last: a run_summary.json means the run finished
         (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return RunResult(output_dir=output_dir, summary=summary, checkpoints=checkpoints, global_step=trainer.state.global_step)
 
 

@@ -153,7 +153,9 @@ def format_result(result: Any) -> str:
         parts.append(f"eval loss {summary['eval_loss']:.4f}")
     if summary.get("tokens_per_s"):
         parts.append(f"{summary['tokens_per_s']:.0f} tokens/s")
-    return ", ".join(parts) + f"; outputs in {result.output_dir}"
+    best = summary.get("best_checkpoint")
+    lowest = f"; lowest eval loss {best['eval_loss']:.4f} at step {best['step']}: {best['path']}" if best else ""
+    return ", ".join(parts) + f"; outputs in {result.output_dir}" + lowest
 
 
 def prepare_first_on_each_machine(settings: Settings, tokenizer: Any, ranks: Ranks, barrier: Callable[[], None], *,
