@@ -134,7 +134,7 @@ def main() -> int:
               f"{model_bytes / 2**30:.2f} GiB bf16 (built in {time.perf_counter() - start:.0f} s); "
               f"import-only baseline RSS {baseline_rss() / 2**30:.2f} GiB; {os.cpu_count()} CPUs", flush=True)
         layer_params = params - 2 * SHAPE["vocab_size"] * SHAPE["hidden_size"] - SHAPE["hidden_size"]
-        print(f"\n| quant | export s | peak RSS GiB | file GiB | GiB per layer | 32-layer (8B) file GiB, extrapolated |")
+        print("\n| quant | export s | peak RSS GiB | file GiB | GiB per layer | 32-layer (8B) file GiB, extrapolated |")
         print("|---|---|---|---|---|---|")
         sizes: dict[str, int] = {}
         for quant in args.quants.split(","):

@@ -145,7 +145,7 @@ def run_variant(variant: str, work: Path, model_dir: Path, data: Path, *, seq: i
 
             tokenizer = load_tokenizer(settings)
             prepared = prepare_data(settings, tokenizer, progress=False)
-            summary = run_training(settings, prepared, tokenizer, output_dir=run_dir / "out", notify=lambda m: None).summary
+            summary = run_training(settings, prepared, tokenizer, output_dir=run_dir / "out").summary
             result.update(tokens_per_s=summary["tokens_per_s"], trained_tokens_per_s=summary["trained_tokens_per_s"],
                           final_loss=summary["train_loss"])
             result.update(estimate(settings, "chunked"))

@@ -261,5 +261,5 @@ def test_a_dedup_near_recipe_trains_on_the_deduplicated_rows(micro_llama_dir, tm
     prepared = prepare_data(settings, tokenizer, progress=False)
     assert prepared.summary.dropped["near duplicate"] == 3 and prepared.summary.dropped["only filler replies"] == 1
     assert len(prepared.train) == 12
-    result = run_training(settings, prepared, tokenizer, output_dir=tmp_path / "out", notify=lambda message: None)
+    result = run_training(settings, prepared, tokenizer, output_dir=tmp_path / "out")
     assert result.global_step == 2 and math.isfinite(result.train_loss)

@@ -15,6 +15,7 @@ answered as JSONL; or an interactive loop keeping the conversation (`/reset`, `/
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,9 @@ from typing import Any, Callable, Optional, TextIO
 
 from finetune.config.settings import Settings
 from finetune.errors import DataError, FinetuneError
-from finetune.model.load import notice
 from finetune.rundir import adapter_kind, load_run_tokenizer, read_adapter_config, resolve_adapter_dir, stop_token_ids
+
+logger = logging.getLogger(__name__)
 
 HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D), /help"
 
@@ -75,8 +77,7 @@ class History:
 # --- loading ---------------------------------------------------------------------------------------
 
 
-def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None, base_only: bool = False,
-                    notify: Callable[[str], None] = notice) -> ChatModel:
+def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None, base_only: bool = False) -> ChatModel:
     """Base (quantized as trained) + adapter, or the base alone; raises FinetuneError/RecipeError with hints."""
     full_model = settings.adapter is None and not base_only
     if full_model:  # full fine-tuning: output_dir is the model itself
@@ -114,7 +115,7 @@ def _load_base(settings: Settings, tokenizer: Any) -> Any:
     """The base through the training loader (same quantization, precision and embedding size), placed for inference."""
     from finetune.model.load import load_model, place_for_inference
 
-    return place_for_inference(load_model(settings, tokenizer, notify=lambda message: None), settings)
+    return place_for_inference(load_model(settings, tokenizer, training=False), settings)
 
 
 # --- answering ---------------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def chat_main(
                 sink.write(json.dumps({**row, "answer": answer(chat, messages, sampling)}, ensure_ascii=False) + "\n")
                 sink.flush()
                 if output is not None:
-                    notice(f"answered {number}/{len(rows)}")
+                    logger.info("answered %d/%d", number, len(rows))
         finally:
             if output is not None:
                 sink.close()

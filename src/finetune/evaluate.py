@@ -81,7 +81,7 @@ def evaluate_rows(
     from finetune.model.load import load_model, place_for_inference
 
     collate = make_collator(settings, tokenizer)
-    model = place_for_inference(load_model(settings, tokenizer), settings).eval()
+    model = place_for_inference(load_model(settings, tokenizer, training=False), settings).eval()
     results = []
     if not base:
         logger.info("base comparison skipped (--no-base): only the fine-tuned model is scored")

@@ -28,6 +28,7 @@ model computed with during training, and needs no GPU.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -40,11 +41,12 @@ from typing import Any, Callable, Literal, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError, RecipeError
-from finetune.model.load import notice
 from finetune.rundir import base_model_dir, eos_ids, load_run_tokenizer, read_adapter_config, read_json, resolve_adapter_dir
 from finetune.safetensors_stream import (FLOAT_CODES, INDEX_FILE, st_code, weight_files, write_index,
                                          write_sharded)
 from finetune.sizes import parse_size
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_PREFIX = "base_model.model."
 NF4_BLOCKSIZE = 64  # bitsandbytes' Params4bit default, which `load_in_4bit` uses
@@ -114,7 +116,6 @@ def merge_adapter(
     max_shard_size: int | str = "2GB",
     quant_dtype: Any = None,
     monitor: MergeMonitor | None = None,
-    notify: Callable[[str], None] = notice,
 ) -> Path:
     """Merge the run's adapter into the base and write a standalone model to `out_dir` (default `output_dir/merged`).
 
@@ -152,6 +153,7 @@ def merge_adapter(
 
             quant_dtype = compute_dtype(settings)
 
+    logger.info("merging the adapter from %s into %s (%s), writing %s", adapter_dir, base_dir, dtype, out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -193,8 +195,8 @@ def merge_adapter(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     kind = "DoRA" if adapter_config.get("use_dora") else "LoRA"
-    notify(f"merged the {kind} adapter from {adapter_dir} into {out_dir} ({len(weight_map)} tensors, "
-           f"{shard_count} shard(s), {total / 1e9:.2f} GB, {dtype})")
+    logger.info(f"merged the {kind} adapter from {adapter_dir} into {out_dir} ({len(weight_map)} tensors, "
+                f"{shard_count} shard(s), {total / 1e9:.2f} GB, {dtype})")
     return out_dir
 
 

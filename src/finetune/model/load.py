@@ -12,25 +12,19 @@ or the whole model when fine-tuning in full) is kept in float32 and autocast doe
 
 from __future__ import annotations
 
-import sys
-import warnings
+import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError, RecipeError
 from finetune.model.tokenizer import require_local_or_cached
 from finetune.rundir import eos_ids
 
-Notify = Callable[[str], None]
-
 # Modules that must be trained in full (and saved with the adapter) when special tokens grow the vocabulary.
 EMBEDDING_MODULES = ("embed_tokens", "lm_head")
 
-
-def notice(message: str) -> None:
-    """Default sink for user-facing notices: one line on stderr."""
-    print(f"finetune: {message}", file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,16 +123,17 @@ def attention_backend(settings: Settings) -> str:
     if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
         return wanted
     why = "no CUDA GPU" if importlib.util.find_spec("flash_attn") is not None else "flash-attn is not installed"
-    warnings.warn(
-        f"{settings.where('attn_implementation')}: flash_attention_2 requested but {why}; using sdpa "
-        "(packed samples stay isolated through position_ids)",
-        stacklevel=2,
+    logger.warning(
+        "%s: flash_attention_2 requested but %s; using sdpa (packed samples stay isolated through position_ids)",
+        settings.where("attn_implementation"), why,
     )
     return "sdpa"
 
 
-def load_model(settings: Settings, tokenizer: Any, *, precision: Precision | None = None, notify: Notify = notice) -> Any:
+def load_model(settings: Settings, tokenizer: Any, *, precision: Precision | None = None, training: bool = True) -> Any:
     """Load the base model for training: quantized if asked, cache off, embeddings sized to the tokenizer.
+
+    `training=False` (chat, evaluate): the same model, without the notice about what training would save.
 
     Raises RecipeError (naming the recipe line) when the model cannot be found, or when new special tokens
     need `lora_modules_to_save: [embed_tokens, lm_head]` with an adapter.
@@ -159,6 +154,9 @@ def load_model(settings: Settings, tokenizer: Any, *, precision: Precision | Non
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = _quantized_device_map()
+    how = "quantized to 4-bit" if settings.load_in_4bit else "quantized to 8-bit" if settings.load_in_8bit else \
+        str(kwargs["dtype"]).removeprefix("torch.")
+    logger.info("loading the base model %s (%s)", settings.base_model, how)
     try:
         model = AutoModelForCausalLM.from_pretrained(settings.base_model, **kwargs)
     except (OSError, ValueError) as exc:
@@ -167,12 +165,12 @@ def load_model(settings: Settings, tokenizer: Any, *, precision: Precision | Non
     # The KV cache trap: with use_cache=True the forward builds a cache, and transformers then stops deriving
     # the per-sample (block-diagonal) mask from position_ids, so packed samples would attend to each other.
     model.config.use_cache = False
-    _fit_embeddings(settings, model, tokenizer, notify)
+    _fit_embeddings(settings, model, tokenizer, training)
     _set_generation_ids(model, tokenizer)
     return model
 
 
-def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, notify: Notify) -> None:
+def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, training: bool) -> None:
     rows = model.get_input_embeddings().weight.shape[0]
     wanted = len(tokenizer)
     saved = set(settings.lora_modules_to_save or ())
@@ -183,7 +181,7 @@ def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, notify: Noti
                 "which a quantized base cannot grow; use tokens that already exist in the vocabulary"
             )
         model.resize_token_embeddings(wanted)
-        notify(f"resized the embeddings from {rows} to {wanted} rows for new special tokens")
+        logger.info("resized the embeddings from %d to %d rows for new special tokens", rows, wanted)
         missing = [name for name in EMBEDDING_MODULES if name not in saved]
         if settings.adapter and missing:
             key = "lora_modules_to_save" if settings.lora_modules_to_save else "special_tokens"
@@ -193,9 +191,9 @@ def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, notify: Noti
             )
         return
     optional = [name for name in EMBEDDING_MODULES if name in saved]
-    if settings.adapter and optional:
+    if training and settings.adapter and optional:
         size = sum(_module_numel(model, name) for name in optional) * 4  # trained and saved in fp32
-        notify(
+        logger.info(
             f"{settings.where('lora_modules_to_save')}: every special token already exists in the vocabulary, so "
             f"`lora_modules_to_save: [{', '.join(optional)}]` is optional; it trains full copies and adds "
             f"{_human_bytes(size)} ({size:,} bytes) to the adapter"

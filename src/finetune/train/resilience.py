@@ -16,7 +16,6 @@ import logging
 import re
 import shutil
 import signal
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from finetune.errors import FinetuneError
 from finetune.train.collective import all_reduce
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 FINISHED_MARKERS = ("run_summary.json",)
@@ -151,11 +152,8 @@ class SignalFlag:
         now = time.monotonic()
         if self.signum is None:
             self.signum, self.received_at = signum, now
-            print(
-                f"\nfinetune: {signal.Signals(signum).name} received: saving a checkpoint at the end of this step, "
-                "then stopping (send it again to stop at once)",
-                file=sys.stderr, flush=True,
-            )
+            logger.warning("%s received: saving a checkpoint at the end of this step, then stopping "
+                           "(send it again to stop at once)", signal.Signals(signum).name)
         elif now - self.received_at > DUPLICATE_SIGNAL_S:
             raise KeyboardInterrupt
 

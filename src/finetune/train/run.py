@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any, Sequence
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, RecipeError
-from finetune.model.load import Notify, notice
 
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,6 @@ def run_training(
     resume: bool | str = False,
     world_size: int | None = None,
     callbacks: Sequence[Any] = (),
-    notify: Notify = notice,
 ) -> RunResult:
     """Train on `prepared` (finetune.data.build.PreparedData: .train, .eval) and save everything.
 
@@ -60,20 +60,21 @@ def run_training(
     from finetune.model.load import load_model, resolve_precision
     from finetune.train.args import sft_config, steps_per_epoch
     from finetune.train.checkpoints import seal_checkpoints_callback
+    from finetune.train.progress import best_checkpoint_entry, progress_callback
     from finetune.train.trainer import TokenCounter, build_trainer, summary_callbacks
 
     output_dir = Path(output_dir if output_dir is not None else settings.output_dir)
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     resume_from = _resume_point(resume, output_dir)
-    template = chat_template_source(settings, tokenizer, notify)
+    template = chat_template_source(settings, tokenizer)
 
     from transformers import set_seed
 
     set_seed(settings.seed)  # adapter initialisation is random
     precision = resolve_precision(settings)
-    model = load_model(settings, tokenizer, precision=precision, notify=notify)
+    model = load_model(settings, tokenizer, precision=precision)
     if settings.adapter:
-        model = apply_adapter(settings, model, notify=notify)
+        model = apply_adapter(settings, model)
     if len(prepared.train) == 0:
         raise FinetuneError("the prepared training split is empty; nothing to train")
     per_epoch = steps_per_epoch(
@@ -94,20 +95,24 @@ def run_training(
         args=args,
         collator=make_collator(settings, tokenizer),
         counter=counter,
-        callbacks=[seal_checkpoints_callback(), *own, *callbacks],  # sealed before the signal stop raises
+        callbacks=[seal_checkpoints_callback(), *own, progress_callback(lambda: counter.tokens), *callbacks],  # sealed first, before the signal stop raises
     )
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.yml").write_text(resolved_recipe_yaml(settings), encoding="utf-8")
     trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.is_world_process_zero():
+        logger.info("saving the %s to %s", "adapter" if settings.adapter else "model", output_dir)
     save_outputs(trainer, tokenizer, template, output_dir)
     summary = dict(own[0].summary or {})
     efficiency = getattr(getattr(prepared, "summary", None), "packing_efficiency", None)
     if efficiency is not None:
         summary["packing_efficiency"] = efficiency
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    summary["best_checkpoint"] = best_checkpoint_entry(trainer.state.log_history, checkpoints, output_dir,
+                                                       final_step=trainer.state.global_step)
     if trainer.is_world_process_zero():  # written last: a run_summary.json means the run finished
         (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return RunResult(output_dir=output_dir, summary=summary, checkpoints=checkpoints, global_step=trainer.state.global_step)
 
 
@@ -125,7 +130,7 @@ def save_outputs(trainer: Any, tokenizer: Any, template: str | None, output_dir:
     saved.save_pretrained(str(output_dir))
 
 
-def chat_template_source(settings: Settings, tokenizer: Any, notify: Notify = notice) -> str | None:
+def chat_template_source(settings: Settings, tokenizer: Any) -> str | None:
     """The Jinja source of the recipe's chat template (saved with the tokenizer), or None when there is none."""
     from finetune.data.templates import resolve_template
 
@@ -133,7 +138,7 @@ def chat_template_source(settings: Settings, tokenizer: Any, notify: Notify = no
         return resolve_template(settings.chat_template, settings.chat_template_jinja, tokenizer).jinja_source
     except RecipeError as exc:
         if settings.chat_template == "tokenizer_default":
-            notify(f"no chat template saved with the tokenizer: {exc}")
+            logger.warning("no chat template saved with the tokenizer: %s", exc)
             return None
         raise
 
