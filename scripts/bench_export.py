@@ -10,8 +10,8 @@ layer, Meta's real Llama 3 tokenizer with the llama3 chat template. It is export
 output_dir (the merge step is `finetune merge`'s, streamed the same way, and is not timed here). Each quant runs
 `finetune export` in a fresh subprocess; its peak RSS is that process's own ru_maxrss (os.wait4), which includes
 llama.cpp's quantizer for the K-quants since it runs in-process. (Linux starts a child's ru_maxrss at its parent's
-RSS at fork time, so the model is built in another subprocess and this parent imports nothing heavy.) Prints a Markdown table, with the size of a
-32-layer file extrapolated from the per-layer bytes.
+RSS at fork time, so the model is built in another subprocess and this parent imports nothing heavy.)
+Prints a Markdown table, with the size of a 32-layer file extrapolated from the per-layer bytes.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main() -> int:
               f"{model_bytes / 2**30:.2f} GiB bf16 (built in {time.perf_counter() - start:.0f} s); "
               f"import-only baseline RSS {baseline_rss() / 2**30:.2f} GiB; {os.cpu_count()} CPUs", flush=True)
         layer_params = params - 2 * SHAPE["vocab_size"] * SHAPE["hidden_size"] - SHAPE["hidden_size"]
-        print(f"\n| quant | export s | peak RSS GiB | file GiB | GiB per layer | 32-layer (8B) file GiB, extrapolated |")
+        print("\n| quant | export s | peak RSS GiB | file GiB | GiB per layer | 32-layer (8B) file GiB, extrapolated |")
         print("|---|---|---|---|---|---|")
         sizes: dict[str, int] = {}
         for quant in args.quants.split(","):
