@@ -10,8 +10,8 @@ layer, Meta's real Llama 3 tokenizer with the llama3 chat template. It is export
 output_dir (the merge step is `finetune merge`'s, streamed the same way, and is not timed here). Each quant runs
 `finetune export` in a fresh subprocess; its peak RSS is that process's own ru_maxrss (os.wait4), which includes
 llama.cpp's quantizer for the K-quants since it runs in-process. (Linux starts a child's ru_maxrss at its parent's
-RSS at fork time, so the model is built in another subprocess and this parent imports nothing heavy.) Prints a Markdown table, with the size of a
-32-layer file extrapolated from the per-layer bytes.
+RSS at fork time, so the model is built in another subprocess and this parent imports nothing heavy.)
+Prints a Markdown table, with the size of a 32-layer file extrapolated from the per-layer bytes.
 """
 
 from __future__ import annotations

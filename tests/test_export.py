@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 torch = pytest.importorskip("torch")
-gguf = pytest.importorskip("gguf", reason="the GGUF export needs llama.cpp's gguf package: pip install 'finetune[gguf]'")
+gguf = pytest.importorskip("gguf", reason="the GGUF export needs llama.cpp's gguf package: "
+                                          "pip install 'finetune[gguf]'")
 np = pytest.importorskip("numpy")
 
 from finetune.cli import main  # noqa: E402
@@ -300,7 +301,8 @@ FILE_TYPES = {"bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0
 
 
 @needs_llama
-@pytest.mark.parametrize("quant", list(FILE_TYPES))
+@pytest.mark.parametrize("quant", [quant if quant in ("q8_0", "q4_k_m") else pytest.param(quant, marks=pytest.mark.slow)
+                                   for quant in FILE_TYPES])
 def test_quantized_files_load_and_answer(quant: str, trained: Any, trained_f16: Path) -> None:
     path = export_gguf(trained[1], quant)
     assert path.name == f"out-{quant}.gguf"

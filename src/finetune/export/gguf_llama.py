@@ -81,7 +81,7 @@ class Vocab:
 
 
 def rope_parameters(config: dict) -> dict:
-    """rope_theta plus the scaling keys, from transformers 5's `rope_parameters` or 4.x's `rope_theta`/`rope_scaling`."""
+    """rope_theta plus the scaling keys: transformers 5's `rope_parameters`, or 4.x's `rope_theta`/`rope_scaling`."""
     params = config.get("rope_parameters")
     if params is None:
         params = {**(config.get("rope_scaling") or {}), "rope_theta": config.get("rope_theta", 10000.0)}
@@ -90,7 +90,8 @@ def rope_parameters(config: dict) -> dict:
 
 def check_architecture(config: dict, where: str) -> None:
     architectures = config.get("architectures") or []
-    if config.get("model_type") != "llama" or not architectures or not set(architectures) <= set(SUPPORTED_ARCHITECTURES):
+    supported = bool(architectures) and set(architectures) <= set(SUPPORTED_ARCHITECTURES)
+    if config.get("model_type") != "llama" or not supported:
         raise ExportError(f"{where}: architecture {architectures or config.get('model_type')} cannot be exported "
                           f"to GGUF by finetune (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     rope_type = rope_parameters(config)["rope_type"]
