@@ -106,14 +106,14 @@ def run_one(variant: str, base: Path, steps: int) -> dict:
         from finetune.train.run import run_training
 
         run_training(settings, SimpleNamespace(train=Dataset.from_list(rows), eval=None), tokenizer,
-                     output_dir=out, callbacks=[timer], notify=lambda m: None)
+                     output_dir=out, callbacks=[timer])
     else:  # plain TRL: its own packing (BFD, padding-free), its own PEFT setup and fused loss
         from trl import SFTConfig, SFTTrainer
 
         from finetune.model.adapters import lora_config
         from finetune.model.load import load_model
 
-        model = load_model(settings, tokenizer, notify=lambda m: None)
+        model = load_model(settings, tokenizer)
         flat = []
         for r in rows:  # unpack the very same samples so both trainers see identical tokens
             starts = [i for i, p in enumerate(r["position_ids"]) if p == 0] + [len(r["position_ids"])]

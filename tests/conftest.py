@@ -8,6 +8,20 @@ from typing import Any
 import pytest
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip, with the reason, where no CUDA GPU is present (CI, laptops)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (scripts/gpu_check.sh runs these on a GPU machine)")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama 3.1-style model + real Llama 3 tokenizer, built once per session."""
@@ -153,6 +167,24 @@ def write_chats(tmp_path: Path):
         return path
 
     return write
+
+
+def near_copy(row: dict[str, Any], word: str = "indeed") -> dict[str, Any]:
+    """The conversation with `word` appended to its last turn and its first turn upper-cased:
+    not an exact duplicate, but word-shingle Jaccard >= 0.9 (case and punctuation are ignored)."""
+    messages = [dict(message) for message in row["messages"]]
+    messages[0]["content"] = messages[0]["content"].upper()
+    messages[-1]["content"] += f" {word}"
+    return {"messages": messages}
+
+
+@pytest.fixture
+def near_duplicate_rows() -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """12 distinct conversations, then near copies (not exact ones) of rows 4, 7 and 4 again, ending in
+    "indeed", "indeed" and "too": (rows, {copy row: source row})."""
+    rows = [chat_conversation(i) for i in range(1, 13)]
+    copies = [near_copy(rows[4]), near_copy(rows[7]), near_copy(rows[4], "too")]
+    return rows + copies, {12: 4, 13: 7, 14: 4}
 
 
 @pytest.fixture

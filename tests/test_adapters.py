@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def test_lora_config_carries_rank_scaling_dora_and_rslora(small_model) -> None:
     assert not plain.use_dora and not plain.use_rslora and plain.modules_to_save is None
 
 
-def test_qlora_on_4bit_targets_bnb_layers_and_does_not_upcast_frozen_embeddings(tiny_llama_dir: Path) -> None:
+def test_qlora_on_4bit_targets_bnb_layers_and_does_not_upcast_frozen_embeddings(tiny_llama_dir: Path, caplog) -> None:
     import torch
 
     from finetune.model.load import load_model
@@ -59,11 +60,11 @@ def test_qlora_on_4bit_targets_bnb_layers_and_does_not_upcast_frozen_embeddings(
     settings = load_recipe_text(
         f"base_model: {tiny_llama_dir}\ndatasets: [{{path: x.jsonl}}]\nload_in_4bit: true\nadapter: qlora\n"
         "lora_target_linear: true\npeft_use_dora: true\nbf16: true\n").settings
-    notes: list[str] = []
-    model = load_model(settings, load_tokenizer(settings), notify=notes.append)
+    caplog.set_level(logging.INFO, logger="finetune")
+    model = load_model(settings, load_tokenizer(settings))
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
     assert target_modules(settings, model) == LLAMA_LINEARS
-    peft_model = apply_adapter(settings, model, notify=notes.append)
+    peft_model = apply_adapter(settings, model)
     base = peft_model.get_base_model()
     assert base.lm_head.weight.dtype == torch.bfloat16 and not base.lm_head.weight.requires_grad
     assert base.model.embed_tokens.weight.dtype == torch.bfloat16
@@ -72,7 +73,7 @@ def test_qlora_on_4bit_targets_bnb_layers_and_does_not_upcast_frozen_embeddings(
     assert trainable and all(p.dtype == torch.float32 for p in trainable.values())
     assert any("lora_magnitude_vector" in n for n in trainable)  # DoRA is really on
     assert not any("lm_head" in n for n in trainable)
-    assert any(n.startswith("trainable parameters:") for n in notes)
+    assert any(n.startswith("trainable parameters:") for n in caplog.messages)
 
 
 def test_lora_model_dir_continues_trainable(tiny_llama_dir: Path, tmp_path: Path) -> None:
@@ -83,13 +84,13 @@ def test_lora_model_dir_continues_trainable(tiny_llama_dir: Path, tmp_path: Path
 
     first = recipe(tiny_llama_dir, "adapter: lora\nlora_target_modules: [q_proj, v_proj]\nlora_r: 4\n")
     tokenizer = load_tokenizer(first)
-    peft_model = apply_adapter(first, load_model(first, tokenizer, notify=print), notify=print)
+    peft_model = apply_adapter(first, load_model(first, tokenizer))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.fill_(0.5)
     peft_model.save_pretrained(tmp_path / "adapter")
     again = recipe(tiny_llama_dir, f"adapter: lora\nlora_target_linear: true\nlora_model_dir: {tmp_path / 'adapter'}\n")
-    resumed = apply_adapter(again, load_model(again, tokenizer, notify=print), notify=print)
+    resumed = apply_adapter(again, load_model(again, tokenizer))
     b = [p for n, p in resumed.named_parameters() if "lora_B" in n]
     assert b and all(p.requires_grad and torch.all(p == 0.5) for p in b)

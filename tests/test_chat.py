@@ -19,9 +19,9 @@ from finetune.chat import (  # noqa: E402
     interactive,
     load_chat_model,
     read_prompt_file,
-    stop_token_ids,
 )
 from finetune.errors import DataError, FinetuneError, RecipeError  # noqa: E402
+from finetune.rundir import stop_token_ids  # noqa: E402
 
 EOT, END_OF_TEXT, PAD = 128009, 128001, 128004
 QUESTION = "How many legs has a spider?"

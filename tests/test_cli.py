@@ -39,7 +39,7 @@ def test_validate_shipped_recipe_prints_derived_values(capsys):
     out, err = capsys.readouterr()
     assert "effective batch per optimizer step  4 rows" in out
     assert "attention backend" in out and "sample packing" in out and "evaluate 1x per epoch" in out
-    assert "notice:" in err and "attn_implementation: flash_attention_2" in err
+    assert "warning: " in err and "attn_implementation: flash_attention_2" in err  # the deprecated spelling
 
 
 def test_bad_recipe_exits_2_without_traceback(tmp_path):

@@ -141,3 +141,62 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(train_recipe, torch_extens
     step = json.loads((checkpoints[0] / "trainer_state.json").read_text())["global_step"]
     assert 1 <= step < 200
     assert not (out / "run_summary.json").exists()  # not a finished run: the next `finetune train` resumes
+
+
+def test_a_cut_short_newest_checkpoint_is_skipped_on_resume(train_recipe, torch_extensions_dir):
+    from finetune.rundir import COMPLETE_MARKER
+
+    recipe = train_recipe("damaged", max_steps=3, save_steps=1, gradient_accumulation_steps=1)
+    out = _output_dir(recipe)
+    env = _env(torch_extensions_dir)
+    _train(recipe, env=env)
+    assert all((out / f"checkpoint-{step}" / COMPLETE_MARKER).is_file() for step in (1, 2, 3))
+    (out / "run_summary.json").unlink()  # as if the run had died after saving checkpoint-3
+    adapter = out / "checkpoint-3" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
+
+    done = _train(recipe, env=env)
+    assert "Traceback" not in done.stderr
+    assert "skipping damaged checkpoint" in done.stderr and "checkpoint-3" in done.stderr
+    assert f"resuming from {out / 'checkpoint-2'}" in done.stderr
+    assert json.loads((out / "run_summary.json").read_text())["steps"] == 3
+    assert _step_losses(out / "checkpoint-3")[-1] and (out / "checkpoint-3" / COMPLETE_MARKER).is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_sigterm_under_the_users_own_launcher_exits_143_on_every_rank(train_recipe, torch_extensions_dir):
+    # As a SLURM script (or the user's own torchrun) starts it: one `finetune train` per rank, rank env set,
+    # finetune's launcher not involved; the scheduler signals every process. Each must exit 143 so the job
+    # reads as interrupted (and is requeued), not finished.
+    recipe = train_recipe("own-launcher", max_steps=200, gradient_accumulation_steps=1)
+    base = dict(_env(torch_extensions_dir), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "finetune", "train", str(recipe)],
+                         env=dict(base, RANK=str(rank), LOCAL_RANK=str(rank)),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]
+    try:
+        line = ""
+        while "'loss'" not in line:  # rank 0 logs the first step
+            line = processes[0].stdout.readline()
+            if not line and processes[0].poll() is not None:
+                pytest.fail(f"training ended before its first step:\n{processes[0].stderr.read()[-4000:]}")
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        outputs = [process.communicate(timeout=180) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    codes = [process.returncode for process in processes]
+    assert codes == [128 + signal.SIGTERM] * 2, "\n".join(err[-3000:] for _, err in outputs)
+    assert "stopped by SIGTERM" in outputs[0][1]
+    assert list(_output_dir(recipe).glob("checkpoint-*"))

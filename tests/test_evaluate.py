@@ -54,3 +54,46 @@ def test_evaluate_without_adapter_says_what_to_do(make_adapter_run, tmp_path):
     _, settings = make_adapter_run()
     with pytest.raises(FinetuneError, match="run `finetune train` first or pass --adapter"):
         evaluate_main(settings, adapter_dir=tmp_path, progress=False)
+
+
+def test_a_full_fine_tune_without_its_model_is_refused_not_scored_as_the_base(make_adapter_run, tmp_path):
+    from finetune.evaluate import evaluate_main
+
+    _, settings = make_adapter_run()
+    full = settings.model_copy(update={"adapter": None, "output_dir": str(tmp_path / "out")})
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FinetuneError, match="config.json missing.*untouched base"):
+        evaluate_main(full, dataset=str(tmp_path / "unused.jsonl"), output=tmp_path / "eval.json", progress=False)
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_a_full_fine_tune_is_compared_with_its_base(make_adapter_run, write_chats, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetune.evaluate import evaluate_main
+
+    _, settings = make_adapter_run()
+    trained = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=torch.float32)
+    with torch.no_grad():
+        trained.lm_head.weight.mul_(1.5)  # any change to the weights the fine-tuned figure must reflect
+    trained.save_pretrained(tmp_path / "out")
+    full = settings.model_copy(update={"adapter": None, "output_dir": str(tmp_path / "out")})
+    out = tmp_path / "eval.json"
+    assert evaluate_main(full, dataset=str(write_chats(6)), output=out, progress=False) == 0
+    results = {r["model"]: r for r in json.loads(out.read_text())}
+    assert set(results) == {"base", "fine-tuned"}
+    assert abs(results["base"]["loss"] - results["fine-tuned"]["loss"]) > 1e-4
+
+
+def test_skipping_the_base_says_so(make_adapter_run, write_chats, tmp_path, caplog):
+    import logging
+
+    from finetune.evaluate import evaluate_main
+
+    caplog.set_level(logging.INFO, logger="finetune")
+    _, settings = make_adapter_run()
+    out = tmp_path / "eval.json"
+    assert evaluate_main(settings, dataset=str(write_chats(4)), output=out, base=False, progress=False) == 0
+    assert [r["model"] for r in json.loads(out.read_text())] == ["fine-tuned"]
+    assert any("base comparison skipped" in r.getMessage() and "--no-base" in r.getMessage() for r in caplog.records)

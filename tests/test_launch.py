@@ -91,6 +91,8 @@ def test_worker_args_round_trip_through_the_worker_parser():
     assert parsed.config == "r.yml" and parsed.overrides == ["a=1", "b.0.c=x y"]
     assert parsed.resume_from == "out/checkpoint-3" and parsed.force_preprocess
     assert parse_args(worker_args("r.yml", [], resume_from=None)).resume_from is None
+    assert not parsed.under_finetune_launcher  # run directly (own torchrun, SLURM): the worker reports signals
+    assert parse_args(["r.yml", "--under-finetune-launcher"]).under_finetune_launcher
 
 
 # --- DeepSpeed configs --------------------------------------------------------------------------

@@ -71,10 +71,10 @@ def test_merge_matches_unmerged_peft(kind: str, make_adapter_run: Any, tiny_llam
     expected, plain = _peft_logits(run, tiny_llama_dir)
     assert _err(expected, plain) > 0.05  # the adapter changes the model
 
-    exact = merge_adapter(settings, out_dir=tmp_path / "fp32", dtype="fp32", notify=lambda m: None)
+    exact = merge_adapter(settings, out_dir=tmp_path / "fp32", dtype="fp32")
     assert _err(_merged_logits(exact, run), expected) < 1e-4  # same formula as peft, to float32 rounding
 
-    merged = merge_adapter(settings, dtype="bf16", notify=lambda m: None)
+    merged = merge_adapter(settings, dtype="bf16")
     assert merged == run / "merged"
     assert json.loads((merged / "config.json").read_text())["dtype"] == "bfloat16"
     got = _merged_logits(merged, run)
@@ -86,10 +86,10 @@ def test_rslora_scales_by_alpha_over_sqrt_r(make_adapter_run: Any, tmp_path: Pat
     run, settings = make_adapter_run(rslora=True, seed=3)
     config = json.loads((run / "adapter_config.json").read_text())
     assert config["use_rslora"] is True
-    rs = merge_adapter(settings, out_dir=tmp_path / "rs", dtype="fp32", notify=lambda m: None)
+    rs = merge_adapter(settings, out_dir=tmp_path / "rs", dtype="fp32")
     config["use_rslora"] = False
     (run / "adapter_config.json").write_text(json.dumps(config))
-    plain = merge_adapter(settings, out_dir=tmp_path / "plain", dtype="fp32", notify=lambda m: None)
+    plain = merge_adapter(settings, out_dir=tmp_path / "plain", dtype="fp32")
     assert _err(_merged_logits(rs, run), _merged_logits(plain, run)) > 0.05
 
 
@@ -100,15 +100,15 @@ def test_qlora_dora_merges_into_the_dequantized_base(make_adapter_run: Any, tiny
     # while merging into the original (never quantized) weights would not.
     run, settings = make_adapter_run(dora=True, qlora=True)
     expected, _ = _peft_logits(run, tiny_llama_dir, qlora=True)
-    merged = merge_adapter(settings, out_dir=tmp_path / "q", dtype="fp32", notify=lambda m: None)
+    merged = merge_adapter(settings, out_dir=tmp_path / "q", dtype="fp32")
     error = _err(_merged_logits(merged, run), expected)
     assert error < 1e-4
 
     unquantized = settings.model_copy(update={"load_in_4bit": False, "adapter": "lora"})
-    naive = merge_adapter(unquantized, out_dir=tmp_path / "naive", dtype="fp32", notify=lambda m: None)
+    naive = merge_adapter(unquantized, out_dir=tmp_path / "naive", dtype="fp32")
     assert _err(_merged_logits(naive, run), expected) > 100 * max(error, 1e-6)
 
-    fp16 = merge_adapter(settings, out_dir=tmp_path / "fp16", dtype="fp16", notify=lambda m: None)
+    fp16 = merge_adapter(settings, out_dir=tmp_path / "fp16", dtype="fp16")
     assert _err(_merged_logits(fp16, run), _merged_logits(merged, run, round_to=torch.float16)) < 1e-5
 
 
@@ -134,7 +134,7 @@ def test_resized_embeddings_from_modules_to_save(make_adapter_run: Any, tiny_lla
     run, settings = make_adapter_run(new_tokens=("<|tool_call|>",))
     expected, _ = _peft_logits(run, tiny_llama_dir)
     assert expected.shape[-1] == 128257
-    merged = merge_adapter(settings, out_dir=tmp_path / "m", dtype="fp32", notify=lambda m: None)
+    merged = merge_adapter(settings, out_dir=tmp_path / "m", dtype="fp32")
     assert json.loads((merged / "config.json").read_text())["vocab_size"] == 128257
     assert _err(_merged_logits(merged, run), expected) < 1e-4
 
@@ -147,7 +147,7 @@ def test_shards_index_generation_config_and_tokenizer(make_adapter_run: Any, tmp
 
     run, settings = make_adapter_run()
     limit = 3_000_000  # the two 128256 x 64 bf16 embeddings (16.4 MB each) exceed it: one shard each
-    merged = merge_adapter(settings, out_dir=tmp_path / "m", max_shard_size=limit, notify=lambda m: None)
+    merged = merge_adapter(settings, out_dir=tmp_path / "m", max_shard_size=limit)
     index = json.loads((merged / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) >= 3
@@ -188,7 +188,7 @@ def test_merge_holds_a_few_tensors_at_a_time(make_adapter_run: Any, tmp_path: Pa
     # Every linear layer carries DoRA, so each layer tensor takes the longest merge path.
     run, settings = make_adapter_run(dora=True, base_dir=base)
     monitor = MergeMonitor()
-    merge_adapter(settings, out_dir=tmp_path / "m", dtype="bf16", monitor=monitor, notify=lambda m: None)
+    merge_adapter(settings, out_dir=tmp_path / "m", dtype="bf16", monitor=monitor)
     from safetensors import safe_open
 
     with safe_open(str(base / "model.safetensors"), framework="pt") as f:
@@ -205,10 +205,10 @@ def test_merge_holds_a_few_tensors_at_a_time(make_adapter_run: Any, tmp_path: Pa
 def test_missing_adapter_points_at_train(make_adapter_run: Any, tmp_path: Path) -> None:
     _, settings = make_adapter_run()
     with pytest.raises(FinetuneError, match="finetune train.*--adapter"):
-        merge_adapter(settings, adapter_dir=tmp_path / "nowhere", notify=lambda m: None)
+        merge_adapter(settings, adapter_dir=tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FinetuneError, match="adapter_config.json is missing"):
-        merge_adapter(settings, adapter_dir=tmp_path / "empty", notify=lambda m: None)
+        merge_adapter(settings, adapter_dir=tmp_path / "empty")
 
 
 def test_missing_base_names_the_recipe_line(make_adapter_run: Any, tmp_path: Path) -> None:
@@ -221,7 +221,7 @@ def test_missing_base_names_the_recipe_line(make_adapter_run: Any, tmp_path: Pat
     recipe.write_text("\n".join(text) + "\n")
     settings = load_recipe(recipe).settings
     with pytest.raises(RecipeError, match=rf"{recipe}:1: .*no such directory"):
-        merge_adapter(settings, adapter_dir=run, notify=lambda m: None)
+        merge_adapter(settings, adapter_dir=run)
 
 
 def test_parse_size() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 
 import pytest
@@ -45,16 +45,16 @@ def test_tf32_only_where_supported() -> None:
     assert resolve_precision(recipe(text="tf32: true\n"), bf16_ok=True, tf32_ok=True, cpu=False).tf32
 
 
-def test_flash_attention_falls_back_to_sdpa_with_one_warning() -> None:
+def test_flash_attention_falls_back_to_sdpa_with_one_warning(caplog) -> None:
     import torch
 
     settings = recipe(text="attn_implementation: flash_attention_2\n")
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine may have flash-attn")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert attention_backend(settings) == "sdpa"
-    assert len(caught) == 1 and "flash_attention_2" in str(caught[0].message)
+    caplog.set_level(logging.INFO, logger="finetune")
+    assert attention_backend(settings) == "sdpa"
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and "flash_attention_2" in record.getMessage()
     assert attention_backend(recipe()) == "sdpa"
     assert attention_backend(recipe(text="attn_implementation: eager\n")) == "eager"
 
@@ -73,30 +73,33 @@ def _tokenizer(settings):
 
 def test_training_model_has_no_cache_and_trained_generation_ids(tiny_llama_dir: Path) -> None:
     settings = recipe(tiny_llama_dir, SPECIALS + "bf16: false\n")
-    model = load_model(settings, _tokenizer(settings), notify=lambda m: None)
+    model = load_model(settings, _tokenizer(settings))
     assert model.config.use_cache is False
     assert model.generation_config.eos_token_id[0] == 128009 and 128001 in model.generation_config.eos_token_id
     assert model.generation_config.pad_token_id == 128004 and model.config.pad_token_id == 128004
 
 
-def test_existing_tokens_make_modules_to_save_optional_with_its_size(tiny_llama_dir: Path) -> None:
+def test_existing_tokens_make_modules_to_save_optional_with_its_size(tiny_llama_dir: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="finetune")
     settings = recipe(tiny_llama_dir, SPECIALS + "adapter: lora\nlora_target_linear: true\nbf16: false\n"
                       "lora_modules_to_save: [embed_tokens, lm_head]\n")
-    notes: list[str] = []
-    model = load_model(settings, _tokenizer(settings), notify=notes.append)
+    model = load_model(settings, _tokenizer(settings))
     assert model.get_input_embeddings().weight.shape[0] == 128256  # nothing resized
     size = 2 * 128256 * 64 * 4
-    assert any("optional" in n and f"{size:,} bytes" in n for n in notes), notes
+    assert any("optional" in n and f"{size:,} bytes" in n for n in caplog.messages), caplog.messages
+    caplog.clear()
+    load_model(settings, _tokenizer(settings), training=False)  # chat/evaluate: nothing will be trained
+    assert not any("optional" in n for n in caplog.messages), caplog.messages
 
 
 def test_new_tokens_resize_and_require_modules_to_save(tiny_llama_dir: Path) -> None:
     new = "special_tokens: {pad_token: '<|my_pad|>', eos_token: '<|eot_id|>'}\nbf16: false\n"
     settings = recipe(tiny_llama_dir, new + "adapter: lora\nlora_target_linear: true\n")
     with pytest.raises(RecipeError, match="lora_modules_to_save: \\[embed_tokens, lm_head\\]"):
-        load_model(settings, _tokenizer(settings), notify=lambda m: None)
+        load_model(settings, _tokenizer(settings))
     settings = recipe(tiny_llama_dir, new + "adapter: lora\nlora_target_linear: true\n"
                       "lora_modules_to_save: [embed_tokens, lm_head]\n")
-    model = load_model(settings, _tokenizer(settings), notify=lambda m: None)
+    model = load_model(settings, _tokenizer(settings))
     assert model.get_input_embeddings().weight.shape[0] == 128257
     assert model.generation_config.pad_token_id == 128256
 
@@ -108,7 +111,7 @@ def test_packed_samples_are_isolated_as_loaded(tiny_llama_dir: Path, attn: str) 
     import torch.nn.functional as F
 
     settings = recipe(tiny_llama_dir, SPECIALS + f"attn_implementation: {attn}\nbf16: false\n")
-    model = load_model(settings, _tokenizer(settings), notify=lambda m: None).eval()
+    model = load_model(settings, _tokenizer(settings)).eval()
     assert model.config._attn_implementation == attn
     generator = torch.Generator().manual_seed(0)
     samples = [torch.randint(0, 5000, (n,), generator=generator) for n in (9, 5, 7)]
@@ -130,3 +133,12 @@ def test_packed_samples_are_isolated_as_loaded(tiny_llama_dir: Path, attn: str) 
         torch.testing.assert_close(together[start:start + len(s) - 1], expected, atol=1e-4, rtol=1e-4)
         start += len(s)
     assert not torch.allclose(leaked[9:13], alone[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("cuda, quantized, expected", [
+    (True, False, "cuda"), (False, False, "cpu"), (True, True, None), (False, True, None)])
+def test_inference_placement(cuda, quantized, expected):
+    # An unquantized model goes to the GPU when there is one; a quantized one stays where bitsandbytes put it.
+    from finetune.model.load import inference_device
+
+    assert inference_device(cuda_available=cuda, quantized=quantized) == expected

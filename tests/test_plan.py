@@ -148,7 +148,7 @@ def test_adapter_parameter_count_matches_peft(tiny_llama_dir: Path, modules_to_s
 
     settings = load_recipe_text(_tiny_recipe(tiny_llama_dir, lora_modules_to_save=modules_to_save)).settings
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
-    peft_model = apply_adapter(settings, model, notify=lambda message: None)
+    peft_model = apply_adapter(settings, model)
     trainable, _ = peft_model.get_nb_trainable_parameters()
     plan = plan_memory(settings, world_size=1)
     assert plan.counts["trainable_params"] == trainable
@@ -236,7 +236,7 @@ def _measure_step(settings, config) -> int:  # noqa: ANN001
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).float()
     model.config.use_cache = False
-    peft_model = apply_adapter(settings, model, notify=lambda message: None)
+    peft_model = apply_adapter(settings, model)
     if settings.gradient_checkpointing:
         peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_model.train()

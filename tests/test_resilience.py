@@ -27,8 +27,14 @@ from finetune.train.resilience import (
 
 
 def _checkpoint(out: Path, step: int, complete: bool = True) -> Path:
+    """A checkpoint as the Trainer writes it for an adapter run (no `.complete` marker: an older run's)."""
+    import torch
+    from safetensors.torch import save_file
+
     path = out / f"checkpoint-{step}"
     path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    save_file({"base_model.model.lora_A.weight": torch.full((4, 8), float(step))}, path / "adapter_model.safetensors")
     if complete:
         (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     return path
@@ -78,6 +84,55 @@ def test_overwrite_clears_the_finished_run(tmp_path):
     assert plan.resume_from is None
     assert not (tmp_path / "run_summary.json").exists() and not (tmp_path / "checkpoint-5").exists()
     assert (tmp_path / "adapter_model.safetensors").exists()  # replaced by the new run's save, not deleted
+
+
+def test_resume_skips_a_checkpoint_whose_adapter_was_cut_short(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="finetune")
+    previous = _checkpoint(tmp_path, 1)
+    damaged = _checkpoint(tmp_path, 2)
+    adapter = damaged / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-10])  # a crash or a full disk mid-write
+    plan = decide_output_dir(tmp_path, resume=True, overwrite=False)
+    assert plan.resume_from == previous
+    assert plan.remove == [damaged]  # saved again when training reaches step 2
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and "checkpoint-2" in warning[0] and "adapter_model.safetensors" in warning[0]
+
+
+@pytest.mark.parametrize("damage", ["missing adapter", "corrupt adapter config", "corrupt trainer state"])
+def test_other_damage_also_falls_back(tmp_path, damage):
+    previous = _checkpoint(tmp_path, 1)
+    damaged = _checkpoint(tmp_path, 2)
+    if damage == "missing adapter":
+        (damaged / "adapter_model.safetensors").unlink()
+    elif damage == "corrupt adapter config":
+        (damaged / "adapter_config.json").write_text('{"peft_type": ')
+    else:
+        (damaged / "trainer_state.json").write_text("")
+    assert decide_output_dir(tmp_path, resume=True, overwrite=False).resume_from == previous
+
+
+def test_a_deepspeed_checkpoint_without_gathered_weights_is_resumed(tmp_path):
+    # ZeRO-3 with stage3_gather_16bit_weights_on_model_save false keeps the weights in DeepSpeed's own state.
+    _checkpoint(tmp_path, 1)
+    newest = _checkpoint(tmp_path, 2)
+    (newest / "adapter_model.safetensors").unlink()
+    assert checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]  # no weights and no DeepSpeed state: damaged
+    (newest / "global_step2").mkdir()
+    (newest / "global_step2" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"state")
+    (newest / "latest").write_text("global_step2")
+    assert decide_output_dir(tmp_path, resume=True, overwrite=False).resume_from == newest
+
+
+def test_sealed_and_legacy_checkpoints_are_both_resumed(tmp_path):
+    from finetune.rundir import COMPLETE_MARKER
+    from finetune.train.checkpoints import seal_checkpoint
+
+    legacy = _checkpoint(tmp_path, 1)
+    sealed = _checkpoint(tmp_path, 2)
+    marker = seal_checkpoint(sealed)
+    assert marker == sealed / COMPLETE_MARKER and marker.is_file() and not (legacy / COMPLETE_MARKER).exists()
+    assert checkpoints(tmp_path) == [legacy, sealed]
 
 
 # --- signals -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ trained reply.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -59,9 +60,25 @@ def trained(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = load_recipe_text(yaml.safe_dump(recipe)).settings
     tokenizer = load_tokenizer(settings)
     prepared = prepare_data(settings, tokenizer, progress=False)
-    with pytest.warns(UserWarning, match="flash_attention_2"):
+    warned = _Collect()
+    logging.getLogger("finetune").addHandler(warned)
+    try:
         result = run_training(settings, prepared, tokenizer, output_dir=Path(settings.output_dir))
+    finally:
+        logging.getLogger("finetune").removeHandler(warned)
+    assert any("flash_attention_2" in r.getMessage() for r in warned.records if r.levelno == logging.WARNING)
     return settings, prepared, result
+
+
+class _Collect(logging.Handler):
+    """The records logged while attached (caplog is per test; the fixture above is per module)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def test_loss_falls_and_eval_runs_each_epoch(trained) -> None:

@@ -71,7 +71,7 @@ def _one_step(base: Path, out: Path, micro: int, accumulation: int):
         'special_tokens: {pad_token: "<|finetune_right_pad_id|>", eos_token: "<|eot_id|>"}\n'
     ).settings
     prepared = SimpleNamespace(train=Dataset.from_list(_rows()), eval=None)
-    result = run_training(settings, prepared, load_tokenizer(settings), output_dir=out, notify=lambda m: None)
+    result = run_training(settings, prepared, load_tokenizer(settings), output_dir=out)
     return load_file(str(out / "adapter_model.safetensors")), result
 
 
@@ -110,7 +110,7 @@ def test_eval_loss_is_per_trained_token_over_the_split(micro_llama_dir: Path, tm
     rows = _rows()
     prepared = SimpleNamespace(train=Dataset.from_list(rows), eval=Dataset.from_list(rows))
     tokenizer = load_tokenizer(settings)
-    result = run_training(settings, prepared, tokenizer, output_dir=tmp_path / "out", notify=lambda m: None)
+    result = run_training(settings, prepared, tokenizer, output_dir=tmp_path / "out")
 
     # LoRA B starts at zero and the step is ~0, so the evaluated model is the base.
     model = AutoModelForCausalLM.from_pretrained(micro_llama_dir, dtype=torch.float32)

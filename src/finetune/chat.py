@@ -15,6 +15,7 @@ answered as JSONL; or an interactive loop keeping the conversation (`/reset`, `/
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +23,10 @@ from typing import Any, Callable, Optional, TextIO
 
 from finetune.config.settings import Settings
 from finetune.errors import DataError, FinetuneError
-from finetune.model.load import notice
-from finetune.merge import load_run_tokenizer, resolve_adapter_dir
+from finetune.rundir import adapter_kind, load_run_tokenizer, read_adapter_config, resolve_adapter_dir, stop_token_ids
 
-END_OF_TURN_MARKERS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|eom_id|>")
+logger = logging.getLogger(__name__)
+
 HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D), /help"
 
 
@@ -76,8 +77,7 @@ class History:
 # --- loading ---------------------------------------------------------------------------------------
 
 
-def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None, base_only: bool = False,
-                    notify: Callable[[str], None] = notice) -> ChatModel:
+def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None, base_only: bool = False) -> ChatModel:
     """Base (quantized as trained) + adapter, or the base alone; raises FinetuneError/RecipeError with hints."""
     full_model = settings.adapter is None and not base_only
     if full_model:  # full fine-tuning: output_dir is the model itself
@@ -85,6 +85,7 @@ def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None
         if not (path / "config.json").is_file():
             raise FinetuneError(f"no trained model in {path} (config.json missing); "
                                 "run `finetune train` first or pass --adapter DIR")
+        adapter_kind(path)  # config and weights whole, else a DataError naming the file
         settings = settings.model_copy(update={"base_model": str(path)})
         run_dir: Optional[Path] = path
     elif base_only:
@@ -94,7 +95,8 @@ def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None
             run_dir = None  # no run yet: the recipe's tokenizer and template
     else:
         run_dir = resolve_adapter_dir(settings, adapter_dir)
-    tokenizer = load_run_tokenizer(settings, run_dir, notify)
+        read_adapter_config(run_dir)  # config and weights whole, else a DataError naming the file
+    tokenizer = load_run_tokenizer(settings, run_dir)
     if not isinstance(getattr(tokenizer, "chat_template", None), str) or not tokenizer.chat_template:
         raise FinetuneError(f"the tokenizer in {run_dir} has no chat template; set chat_template in the recipe")
     model = _load_base(settings, tokenizer)
@@ -110,34 +112,10 @@ def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None
 
 
 def _load_base(settings: Settings, tokenizer: Any) -> Any:
-    """The base through the training loader (same quantization, precision and embedding size)."""
-    import torch
+    """The base through the training loader (same quantization, precision and embedding size), placed for inference."""
+    from finetune.model.load import load_model, place_for_inference
 
-    from finetune.model.load import load_model
-
-    model = load_model(settings, tokenizer, notify=lambda message: None)
-    if torch.cuda.is_available() and not (settings.load_in_4bit or settings.load_in_8bit):
-        model = model.to("cuda")
-    return model
-
-
-def stop_token_ids(tokenizer: Any, generation_config: Any = None, run_dir: Path | None = None) -> list[int]:
-    """Ids that end an answer: the trained eos first, then saved/base generation eos ids, then the template's marker."""
-    ids: list[int] = []
-
-    def add(value: Any) -> None:
-        for item in [] if value is None else [value] if isinstance(value, int) else list(value):
-            if isinstance(item, int) and item >= 0 and item not in ids:
-                ids.append(item)
-
-    add(tokenizer.eos_token_id)
-    if run_dir is not None and (Path(run_dir) / "generation_config.json").is_file():
-        add(json.loads((Path(run_dir) / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id"))
-    add(getattr(generation_config, "eos_token_id", None))
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    vocab = tokenizer.get_vocab()
-    add([vocab[marker] for marker in END_OF_TURN_MARKERS if marker in template and marker in vocab])
-    return ids
+    return place_for_inference(load_model(settings, tokenizer, training=False), settings)
 
 
 # --- answering ---------------------------------------------------------------------------------------
@@ -288,7 +266,7 @@ def chat_main(
                 sink.write(json.dumps({**row, "answer": answer(chat, messages, sampling)}, ensure_ascii=False) + "\n")
                 sink.flush()
                 if output is not None:
-                    notice(f"answered {number}/{len(rows)}")
+                    logger.info("answered %d/%d", number, len(rows))
         finally:
             if output is not None:
                 sink.close()

@@ -1,16 +1,22 @@
 """`finetune COMMAND recipe.yml`: argument parsing, exit codes, and errors turned into messages.
 
 Only argparse is imported at module level so `finetune --help` stays instant; each command
-imports what it needs when it runs.
+imports what it needs when it runs. `main` is the process edge: it sets up the log channel
+(`finetune.log.configure`: notices on stderr from rank 0, third-party noise dropped unless --verbose)
+before any command imports a library.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from typing import Callable, Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+logger = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     command: Callable[[argparse.Namespace], int] = args.run
     from finetune.errors import FinetuneError
+    from finetune.log import configure
+
+    configure(rank=int(os.environ.get("RANK", "0")), verbose=args.verbose)
 
     try:
         return command(args)
@@ -37,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="finetune",
         description="Fine-tune LLMs from a YAML recipe (Axolotl-compatible keys).",
     )
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print debug lines and the third-party messages finetune hides")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, run: Callable, help: str, recipe: bool = True) -> argparse.ArgumentParser:
@@ -82,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16", help="dtype of the merged weights")
     p.add_argument("--max-shard-size", default="2GB", metavar="SIZE", help="largest shard file (2GB, 500MB, 1GiB)")
 
+    p = command("export", _export, "write the trained model as GGUF for llama.cpp, Ollama and LM Studio")
+    p.add_argument("--gguf", required=True, metavar="QUANT",
+                   help="f32, f16, bf16, q8_0, q4_0, or (with llama-cpp-python) q4_k_m, q5_k_m, q6_k")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="adapter directory (default: output_dir)")
+
     p = command("evaluate", _evaluate, "eval loss and perplexity of the base and the fine-tuned model")
     p.add_argument("--adapter", default=None, metavar="DIR", help="adapter directory (default: output_dir)")
     p.add_argument("--dataset", default=None, metavar="FILE",
@@ -124,13 +140,11 @@ def _load(args: argparse.Namespace):
 
     loaded = load_recipe(args.config, args.overrides)
     for notice in loaded.notices:
-        print(f"notice: {notice}", file=sys.stderr)
+        logger.warning("%s", notice)
     return loaded
 
 
 def _validate(args: argparse.Namespace) -> int:
-    import os
-
     from finetune.config.describe import derived_values, resolved_yaml
 
     from finetune.requirements import check_installed
@@ -172,8 +186,6 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 
 def _world_size(args: argparse.Namespace) -> int:
-    import os
-
     from finetune.errors import RecipeError
 
     world = args.num_processes or int(os.environ.get("WORLD_SIZE", "1"))
@@ -211,6 +223,13 @@ def _merge(args: argparse.Namespace) -> int:
         max_shard_size=args.max_shard_size,
     )
     print(f"merged model: {out}")
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from finetune.export.command import export_gguf
+
+    print(f"gguf: {export_gguf(_load(args).settings, args.gguf, adapter_dir=args.adapter)}")
     return EXIT_OK
 
 
@@ -260,6 +279,7 @@ def _train(args: argparse.Namespace) -> int:
         node_rank=args.node_rank,
         master_addr=args.master_addr,
         master_port=args.master_port,
+        verbose=args.verbose,
     )
 
 

@@ -7,6 +7,7 @@ masking as training), summed over the whole split before dividing — not a mean
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -16,6 +17,9 @@ from typing import Any, Sequence
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError
+from finetune.rundir import adapter_kind, read_adapter_config, resolve_adapter_dir
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,7 @@ def evaluate_main(
     from finetune.data.build import prepare_data
     from finetune.model.tokenizer import load_tokenizer
 
-    adapter_dir = Path(adapter_dir or settings.output_dir)
-    if settings.adapter and not (adapter_dir / "adapter_config.json").is_file():
-        raise FinetuneError(
-            f"{adapter_dir}: no adapter here (adapter_config.json missing); run `finetune train` first "
-            "or pass --adapter DIR"
-        )
+    adapter_dir = trained_dir(settings, adapter_dir)
     tokenizer = load_tokenizer(settings)
     rows_settings = _dataset_settings(settings, dataset) if dataset else settings
     prepared = prepare_data(rows_settings, tokenizer, progress=progress)
@@ -77,26 +76,49 @@ def evaluate_rows(
     batch_size: int,
     progress: bool = False,
 ) -> list[EvalResult]:
-    """Fine-tuned (and optionally base) model results on prepared `rows`."""
+    """Fine-tuned (and optionally base) model results on prepared `rows`; `adapter_dir` as `trained_dir` gives it."""
     from finetune.data.collate import make_collator
-    from finetune.model.load import load_model
+    from finetune.model.load import load_model, place_for_inference
 
     collate = make_collator(settings, tokenizer)
-    model = load_model(settings, tokenizer)
+    model = place_for_inference(load_model(settings, tokenizer, training=False), settings).eval()
+    results = []
+    if not base:
+        logger.info("base comparison skipped (--no-base): only the fine-tuned model is scored")
     if settings.adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
-    elif (adapter_dir / "config.json").is_file():
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+        if base:
+            with model.disable_adapter():
+                results.append(_score(model, rows, collate, batch_size, "base", progress))
+    else:  # full fine-tune: score the base first, then replace it by the trained model
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=model.dtype)
-    model.eval()
-    results = [_score(model, rows, collate, batch_size, "fine-tuned", progress)]
-    if base and settings.adapter:
-        with model.disable_adapter():
-            results.insert(0, _score(model, rows, collate, batch_size, "base", progress))
+        if base:
+            results.append(_score(model, rows, collate, batch_size, "base", progress))
+        dtype = model.dtype
+        del model
+        model = place_for_inference(AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=dtype), settings).eval()
+    results.append(_score(model, rows, collate, batch_size, "fine-tuned", progress))
     return results
+
+
+def trained_dir(settings: Settings, adapter_dir: Path | None) -> Path:
+    """The run to score (`--adapter DIR`, else output_dir), checked whole: an adapter run's adapter, or a full
+    fine-tune's model. Never the untouched base under the "fine-tuned" label: a FinetuneError instead."""
+    if settings.adapter:
+        path = resolve_adapter_dir(settings, adapter_dir)
+        read_adapter_config(path)
+        return path
+    path = Path(adapter_dir if adapter_dir is not None else settings.output_dir).expanduser()
+    if not (path / "config.json").is_file():
+        raise FinetuneError(
+            f"no fine-tuned model in {path} (config.json missing): a full fine-tune saves its model there; "
+            "evaluating now would score the untouched base. Run `finetune train` first or pass --adapter DIR"
+        )
+    adapter_kind(path)  # config and weights whole, else a DataError naming the file
+    return path
 
 
 def _score(model: Any, rows: Any, collate: Any, batch_size: int, name: str, progress: bool) -> EvalResult:

@@ -28,6 +28,7 @@ model computed with during training, and needs no GPU.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -40,14 +41,15 @@ from typing import Any, Callable, Literal, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError, RecipeError
-from finetune.model.load import notice
+from finetune.rundir import base_model_dir, eos_ids, load_run_tokenizer, read_adapter_config, read_json, resolve_adapter_dir
 from finetune.safetensors_stream import (FLOAT_CODES, INDEX_FILE, st_code, weight_files, write_index,
                                          write_sharded)
 from finetune.sizes import parse_size
 
+logger = logging.getLogger(__name__)
+
 ADAPTER_PREFIX = "base_model.model."
 NF4_BLOCKSIZE = 64  # bitsandbytes' Params4bit default, which `load_in_4bit` uses
-TRAIN_HINT = "run `finetune train` first or pass --adapter DIR"
 MergeDtype = Literal["bf16", "fp16", "fp32"]
 
 
@@ -102,73 +104,6 @@ class _Plan:
     untied: bool = False
 
 
-# --- locating the run's pieces ----------------------------------------------------------------
-
-
-def resolve_adapter_dir(settings: Settings, adapter_dir: str | Path | None = None) -> Path:
-    """The adapter directory (default: `output_dir`); FinetuneError with a hint when it holds no adapter."""
-    path = Path(adapter_dir if adapter_dir is not None else settings.output_dir).expanduser()
-    origin = "--adapter" if adapter_dir is not None else f"output_dir ({settings.where('output_dir')})"
-    if not path.is_dir():
-        raise FinetuneError(f"no adapter at {path} ({origin}): the directory does not exist; {TRAIN_HINT}")
-    if not (path / "adapter_config.json").is_file():
-        checkpoints = sorted(path.glob("checkpoint-*/adapter_config.json"), key=lambda p: _step(p.parent.name))
-        latest = f"; the latest checkpoint is {checkpoints[-1].parent} (--adapter it)" if checkpoints else ""
-        raise FinetuneError(f"no adapter in {path} ({origin}): adapter_config.json is missing{latest}; {TRAIN_HINT}")
-    return path
-
-
-def _step(name: str) -> int:
-    tail = name.rpartition("-")[2]
-    return int(tail) if tail.isdigit() else -1
-
-
-def base_model_dir(settings: Settings) -> Path:
-    """The local directory of `base_model` (a path, or a hub id already in the cache); RecipeError otherwise."""
-    from finetune.model.tokenizer import require_local_or_cached
-
-    where = settings.where("base_model")
-    require_local_or_cached(settings.base_model, where, "base_model")
-    path = Path(settings.base_model).expanduser()
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(settings.base_model, local_files_only=True))
-    except Exception as exc:  # LocalEntryNotFoundError, HFValidationError, ...
-        raise RecipeError(
-            f"{where}: base_model `{settings.base_model}` is not a local directory nor in the Hugging Face cache "
-            f"({type(exc).__name__}); download it first or point base_model at a local directory"
-        ) from None
-
-
-def load_run_tokenizer(settings: Settings, adapter_dir: Path | None, notify: Callable[[str], None] = notice) -> Any:
-    """The tokenizer saved with the run (chat template, trained eos/pad); else the recipe's, with its template."""
-    from transformers import AutoTokenizer
-
-    if adapter_dir is not None and (Path(adapter_dir) / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(adapter_dir)
-    from finetune.data.templates import resolve_template
-    from finetune.model.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(settings)
-    template = resolve_template(settings.chat_template, settings.chat_template_jinja, tokenizer)
-    tokenizer.chat_template = template.jinja_source
-    if adapter_dir is not None:
-        notify(f"{adapter_dir} holds no tokenizer; using the recipe's tokenizer and chat template")
-    return tokenizer
-
-
-def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
-    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    if config.get("peft_type", "LORA") != "LORA":
-        raise FinetuneError(f"{adapter_dir}: only LoRA/DoRA adapters can be merged (peft_type {config['peft_type']})")
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
-        raise FinetuneError(f"{adapter_dir}: adapter_model.safetensors is missing; {TRAIN_HINT}")
-    return config
-
-
 # --- the merge ----------------------------------------------------------------------------------
 
 
@@ -181,7 +116,6 @@ def merge_adapter(
     max_shard_size: int | str = "2GB",
     quant_dtype: Any = None,
     monitor: MergeMonitor | None = None,
-    notify: Callable[[str], None] = notice,
 ) -> Path:
     """Merge the run's adapter into the base and write a standalone model to `out_dir` (default `output_dir/merged`).
 
@@ -208,8 +142,8 @@ def merge_adapter(
     out_dir = Path(out_dir) if out_dir is not None else Path(settings.output_dir) / "merged"
     base_dir = base_model_dir(settings)
     adapter_config = read_adapter_config(adapter_dir)
-    tokenizer = load_run_tokenizer(settings, adapter_dir, notify)
-    base_config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    tokenizer = load_run_tokenizer(settings, adapter_dir)
+    base_config = read_json(base_dir / "config.json")
     base_files = _base_weight_files(base_dir, settings)
     monitor = monitor or MergeMonitor()
     if settings.load_in_4bit:
@@ -219,6 +153,7 @@ def merge_adapter(
 
             quant_dtype = compute_dtype(settings)
 
+    logger.info("merging the adapter from %s into %s (%s), writing %s", adapter_dir, base_dir, dtype, out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -260,8 +195,8 @@ def merge_adapter(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     kind = "DoRA" if adapter_config.get("use_dora") else "LoRA"
-    notify(f"merged the {kind} adapter from {adapter_dir} into {out_dir} ({len(weight_map)} tensors, "
-           f"{shard_count} shard(s), {total / 1e9:.2f} GB, {dtype})")
+    logger.info(f"merged the {kind} adapter from {adapter_dir} into {out_dir} ({len(weight_map)} tensors, "
+                f"{shard_count} shard(s), {total / 1e9:.2f} GB, {dtype})")
     return out_dir
 
 
@@ -441,13 +376,11 @@ def _write_configs(out: Path, base_dir: Path, base_config: dict, plan: _Plan, to
         config["tie_word_embeddings"] = False
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     generation_path = base_dir / "generation_config.json"
-    generation = json.loads(generation_path.read_text(encoding="utf-8")) if generation_path.is_file() else {
+    generation = read_json(generation_path) if generation_path.is_file() else {
         key: base_config[key] for key in ("bos_token_id", "eos_token_id") if base_config.get(key) is not None}
     if eos is not None:
         config["eos_token_id"] = eos
-        base_eos = generation.get("eos_token_id", base_config.get("eos_token_id"))
-        base_eos = [] if base_eos is None else [base_eos] if isinstance(base_eos, int) else list(base_eos)
-        generation["eos_token_id"] = [eos] + [i for i in base_eos if i != eos]
+        generation["eos_token_id"] = eos_ids(eos, generation.get("eos_token_id", base_config.get("eos_token_id")))
     if pad is not None:
         config["pad_token_id"] = generation["pad_token_id"] = pad
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

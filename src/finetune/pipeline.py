@@ -13,8 +13,9 @@ if TYPE_CHECKING:
 def preprocess(settings: Settings, *, force: bool = False, show: int = 0, progress: bool = True) -> "PreparedData":
     """Tokenize, mask and pack the recipe's data into its cache (reused when it matches); print a summary.
 
-    Prints the cache path, whether it was a cache hit, the summary table, and `show`
-    prepared train rows with trained tokens marked.
+    Prints the cache path, whether it was a cache hit, the summary table, and with `show`
+    up to two example near-duplicate pairs (kept vs removed) and `show` prepared train rows
+    with trained tokens marked.
     """
     from finetune.data.build import prepare_data
     from finetune.data.readers import check_dataset_paths
@@ -29,6 +30,9 @@ def preprocess(settings: Settings, *, force: bool = False, show: int = 0, progre
     if show:
         from finetune.data.show import render_rows
 
+        if prepared.summary.near_duplicate_examples:
+            print()
+            print(prepared.summary.format_near_duplicates())
         print()
         print(render_rows(prepared.train, tokenizer, show))
     return prepared

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, to_jsonable_python
 
@@ -195,8 +195,34 @@ class Settings(Section):
         0.0, ge=0, description="Validation split: a fraction (< 1) of conversations, or a count (>= 1).",
         json_schema_extra={"affects_data": True},
     )
-    dedup: bool = Field(
-        False, description="Remove exact duplicate conversations (counted in the summary).",
+    dedup: bool | Literal["near"] = Field(
+        False,
+        description="true: remove exact duplicate conversations | near: also near-duplicates (MinHash + LSH, "
+        "see dedup_threshold) | false. The first occurrence in dataset order is kept; removals are counted "
+        "in the summary.",
+        json_schema_extra={"affects_data": True},
+    )
+    dedup_threshold: float = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="With dedup: near, remove a conversation whose word-shingle Jaccard similarity to an "
+        "earlier kept one is at least this.",
+        json_schema_extra={"affects_data": True},
+    )
+    dedup_ngram: int = Field(
+        3,
+        gt=0,
+        description="With dedup: near, shingle size in words (lower-cased, punctuation ignored, the role "
+        "names included, system turns left out); smaller catches more reworded copies.",
+        json_schema_extra={"affects_data": True},
+    )
+    min_assistant_chars: int = Field(
+        0,
+        ge=0,
+        description="Remove assistant turns shorter than this many characters (stripped; filler like "
+        "\"ok\", \"lol\") with the user/tool turns they answer; a conversation left with no assistant "
+        "turn is dropped. Both counted. 0 = off.",
         json_schema_extra={"affects_data": True},
     )
     sequence_len: int = Field(
@@ -306,6 +332,13 @@ class Settings(Section):
                     data = {**data, key: "false"}
         return data
 
+    @field_validator("dedup", mode="before")
+    @classmethod
+    def _dedup_value(cls, value: Any) -> Any:
+        if value is True or value is False or value == "near":
+            return value
+        raise ValueError("expected true, false or near")
+
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         found = contradictions(self)
@@ -369,6 +402,10 @@ def contradictions(s: Settings) -> list[tuple[str, str]]:
         out.append(("adapter", "the adapter targets no module; set lora_target_linear: true or lora_target_modules"))
     if s.chat_template == "jinja" and not s.chat_template_jinja:
         out.append(("chat_template", "chat_template: jinja needs chat_template_jinja (inline or a file path)"))
+    if s.dedup != "near":
+        for key in ("dedup_threshold", "dedup_ngram"):
+            if getattr(s, key) != type(s).model_fields[key].default:  # a resolved recipe lists defaults
+                out.append((key, f"{key} is used only with dedup: near"))
     if s.chat_template_jinja and s.chat_template != "jinja":
         out.append(("chat_template_jinja", "chat_template_jinja is used only with chat_template: jinja"))
     return out

@@ -3,7 +3,10 @@
 Stages, in order (each drop is counted by reason in the summary):
 
 1. read every dataset and normalize its rows (readers, formats);
-2. dedup (when `dedup`): exact duplicate conversations, first occurrence kept;
+2. filler (when `min_assistant_chars`): short assistant turns and the turns they answer are
+   removed, and conversations left with no assistant turn dropped (finetune.data.neardup);
+   dedup (when `dedup`): exact duplicate conversations, then with `dedup: near` also
+   near-duplicates (MinHash + LSH); the first occurrence in dataset order is kept;
 3. mix all datasets and shuffle with `seed`; the first `val_set_size` conversations
    (a fraction, rounded up, or a count) form the eval split;
 4. tokenize + mask in batches, one render and one tokenization per conversation;
@@ -29,12 +32,15 @@ import numpy as np
 from finetune.config.settings import Settings
 from finetune.data import cache
 from finetune.data.formats import Sample, format_table, sample_key
+from finetune.data.neardup import conversation_text, drop_filler_turns, excerpts, has_assistant, near_duplicates
 from finetune.data.pack import Ragged, pack, packing_efficiency
 from finetune.data.readers import Origins, read_dataset
 from finetune.data.tokenize import IGNORE_INDEX
 from finetune.errors import DataError, RecipeError
 
 TOKENIZE_CHUNK = 1000  # conversations per encode call (one progress update each)
+EXAMPLE_PAIRS = 2  # near-duplicate pairs kept in the summary for `preprocess --show`
+EXAMPLE_CHARS = 160  # each side of a pair, truncated
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,8 @@ class PrepareSummary:
     packing_efficiency: float | None  # train; None when not packed
     sequence_len: int
     seconds: float
+    filler_turns: int = 0  # assistant turns removed by min_assistant_chars (in kept or dropped conversations)
+    near_duplicate_examples: list[dict[str, Any]] = field(default_factory=list)  # {similarity, kept, removed}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +79,8 @@ class PrepareSummary:
         if not any(self.dropped.values()):
             lines.append(f"  {'(none)':<{width}} {0:>12,}")
         lines.append(f"  {'truncated (kept)':<{width}} {self.truncated:>12,}")
+        if self.filler_turns:
+            lines.append(f"  {'filler turns removed':<{width}} {self.filler_turns:>12,}")
         share = self.trained_tokens / self.tokens if self.tokens else 0.0
         rows = [
             ("train samples", f"{self.train_samples:,}"),
@@ -85,6 +95,15 @@ class PrepareSummary:
             rows.append((f"packing efficiency @{self.sequence_len}", f"{self.packing_efficiency:.2%}"))
         rows.append(("seconds", f"{self.seconds:.1f}"))
         lines += [f"{name:<{width + 2}} {value:>12}" for name, value in rows]
+        return "\n".join(lines)
+
+    def format_near_duplicates(self) -> str:
+        """The example near-duplicate pairs (kept vs removed, truncated); empty when there are none."""
+        lines = []
+        for number, pair in enumerate(self.near_duplicate_examples, 1):
+            lines.append(f"near-duplicate {number} (Jaccard {pair['similarity']:.2f})")
+            lines.append(f"  kept:    {pair['kept']}")
+            lines.append(f"  removed: {pair['removed']}")
         return "\n".join(lines)
 
 
@@ -140,8 +159,15 @@ def build_splits(
     corpus = _read_all(settings, report)
     dropped = {"empty": 0, "duplicate": 0, "no trainable tokens": 0, f"longer than {settings.sequence_len} tokens": 0}
     corpus = corpus.without_empty(dropped)
+    filler_turns = 0
+    if settings.min_assistant_chars:
+        corpus, filler_turns = corpus.without_filler(settings.min_assistant_chars, dropped)
     if settings.dedup:
         corpus = corpus.deduplicated(dropped)
+    examples: list[dict[str, Any]] = []
+    if settings.dedup == "near":
+        report.stage(f"near-duplicates in {len(corpus):,} conversations")
+        corpus, examples = corpus.near_deduplicated(settings, dropped)
     corpus = corpus.take(np.random.default_rng(settings.seed).permutation(len(corpus)))
     n_eval = eval_count(settings, len(corpus))
     ids, labels = _tokenize(corpus, settings, tokenizer, template, report)
@@ -179,6 +205,8 @@ def build_splits(
         ),
         sequence_len=settings.sequence_len,
         seconds=0.0,
+        filler_turns=filler_turns,
+        near_duplicate_examples=examples,
     )
     return splits, summary
 
@@ -240,6 +268,37 @@ class Corpus:
                 keep.append(index)
         dropped["duplicate"] += len(self.samples) - len(keep)
         return self.take(np.asarray(keep, dtype=np.int64))
+
+    def without_filler(self, min_chars: int, dropped: dict[str, int]) -> tuple["Corpus", int]:
+        """Filler assistant turns removed (see neardup.drop_filler_turns); conversations that lose
+        every assistant turn dropped as "only filler replies". Returns the corpus and the turns removed."""
+        samples, keep, turns = [], [], 0
+        for index, sample in enumerate(self.samples):
+            cleaned, removed = drop_filler_turns(sample, min_chars)
+            turns += removed
+            if not removed or has_assistant(cleaned):
+                samples.append(cleaned)
+                keep.append(index)
+        dropped["only filler replies"] = len(self.samples) - len(keep)
+        kept = self.take(np.asarray(keep, dtype=np.int64))
+        return Corpus(samples, kept.dataset_index, kept.row_index, kept.origins, kept.read_counts), turns
+
+    def near_deduplicated(self, settings: Settings, dropped: dict[str, int]) -> tuple["Corpus", list[dict[str, Any]]]:
+        """Near-duplicates removed (first occurrence kept), and up to EXAMPLE_PAIRS example pairs."""
+        found = near_duplicates(
+            self.samples, threshold=settings.dedup_threshold, ngram=settings.dedup_ngram, seed=settings.seed
+        )
+        dropped["near duplicate"] = len(found)
+        examples = [
+            {"similarity": pair.similarity, **self._excerpts(pair.kept, pair.removed)} for pair in found[:EXAMPLE_PAIRS]
+        ]
+        removed = {pair.removed for pair in found}
+        keep = np.asarray([i for i in range(len(self.samples)) if i not in removed], dtype=np.int64)
+        return (self.take(keep) if removed else self), examples
+
+    def _excerpts(self, kept: int, removed: int) -> dict[str, str]:
+        texts = excerpts(conversation_text(self.samples[kept]), conversation_text(self.samples[removed]), EXAMPLE_CHARS)
+        return {"kept": f"{self.origin(kept)}: {texts[0]}", "removed": f"{self.origin(removed)}: {texts[1]}"}
 
 
 def _read_all(settings: Settings, report: "Progress") -> Corpus:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -13,6 +14,8 @@ from typing import IO, Iterable
 
 from finetune.errors import DataError
 from finetune.importers.redact import name_pattern, redact, redact_names
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ def print_summary(stats: Stats, output: Path, file: IO[str] | None = None) -> No
     rows += [(f"redacted: {kind}", n) for kind, n in sorted(stats.redactions.items()) if n]
     width = max(len(k) for k, _ in rows)
     for notice in stats.notices:
-        print(f"notice: {notice}", file=file)
+        logger.info("%s", notice)
     print(f"wrote {output}", file=file)
     for key, value in rows:
         print(f"{key:<{width}}  {value:>10,}", file=file)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError, RecipeError
-from finetune.model.load import Notify, notice
+
+logger = logging.getLogger(__name__)
 
 
 def is_linear(module: Any) -> bool:
@@ -74,7 +76,7 @@ def prepare_quantized_base(model: Any) -> None:
                     param.data = param.data.float()
 
 
-def apply_adapter(settings: Settings, model: Any, *, notify: Notify = notice) -> Any:
+def apply_adapter(settings: Settings, model: Any) -> Any:
     """Wrap `model` in a trainable PeftModel (new, or continued from `lora_model_dir`); report parameter counts."""
     try:
         from peft import PeftModel, get_peft_model
@@ -90,12 +92,12 @@ def apply_adapter(settings: Settings, model: Any, *, notify: Notify = notice) ->
         if not (path / "adapter_config.json").is_file():
             raise RecipeError(f"{settings.where('lora_model_dir')}: no adapter_config.json in `{path}`")
         peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
-        notify(f"continuing from the adapter in {path} (its own r/alpha/targets apply)")
+        logger.info("continuing from the adapter in %s (its own r/alpha/targets apply)", path)
     else:
         peft_model = get_peft_model(model, lora_config(settings, model))
     trainable_to_fp32(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
-    notify(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%)")
+    logger.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%)")
     return peft_model
 
 

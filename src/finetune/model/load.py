@@ -12,24 +12,19 @@ or the whole model when fine-tuning in full) is kept in float32 and autocast doe
 
 from __future__ import annotations
 
-import sys
-import warnings
+import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError, RecipeError
 from finetune.model.tokenizer import require_local_or_cached
-
-Notify = Callable[[str], None]
+from finetune.rundir import eos_ids
 
 # Modules that must be trained in full (and saved with the adapter) when special tokens grow the vocabulary.
 EMBEDDING_MODULES = ("embed_tokens", "lm_head")
 
-
-def notice(message: str) -> None:
-    """Default sink for user-facing notices: one line on stderr."""
-    print(f"finetune: {message}", file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,20 +123,20 @@ def attention_backend(settings: Settings) -> str:
     if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
         return wanted
     why = "no CUDA GPU" if importlib.util.find_spec("flash_attn") is not None else "flash-attn is not installed"
-    warnings.warn(
-        f"{settings.where('attn_implementation')}: flash_attention_2 requested but {why}; using sdpa "
-        "(packed samples stay isolated through position_ids)",
-        stacklevel=2,
+    logger.warning(
+        "%s: flash_attention_2 requested but %s; using sdpa (packed samples stay isolated through position_ids)",
+        settings.where("attn_implementation"), why,
     )
     return "sdpa"
 
 
 def load_model(
-    settings: Settings, tokenizer: Any, *, precision: Precision | None = None, notify: Notify = notice,
+    settings: Settings, tokenizer: Any, *, precision: Precision | None = None, training: bool = True,
     local_rank: int = 0,
 ) -> Any:
-    """Load the base model for training: quantized if asked (onto GPU `local_rank`), cache off, embeddings
-    sized to the tokenizer.
+    """Load the base model for training: quantized if asked, cache off, embeddings sized to the tokenizer.
+
+    `training=False` (chat, evaluate): the same model, without the notice about what training would save.
 
     Raises RecipeError (naming the recipe line) when the model cannot be found, or when new special tokens
     need `lora_modules_to_save: [embed_tokens, lm_head]` with an adapter.
@@ -162,6 +157,9 @@ def load_model(
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = _quantized_device_map(local_rank)
+    how = "quantized to 4-bit" if settings.load_in_4bit else "quantized to 8-bit" if settings.load_in_8bit else \
+        str(kwargs["dtype"]).removeprefix("torch.")
+    logger.info("loading the base model %s (%s)", settings.base_model, how)
     try:
         model = AutoModelForCausalLM.from_pretrained(settings.base_model, **kwargs)
     except (OSError, ValueError) as exc:
@@ -170,12 +168,12 @@ def load_model(
     # The KV cache trap: with use_cache=True the forward builds a cache, and transformers then stops deriving
     # the per-sample (block-diagonal) mask from position_ids, so packed samples would attend to each other.
     model.config.use_cache = False
-    _fit_embeddings(settings, model, tokenizer, notify)
+    _fit_embeddings(settings, model, tokenizer, training)
     _set_generation_ids(model, tokenizer)
     return model
 
 
-def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, notify: Notify) -> None:
+def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, training: bool) -> None:
     rows = model.get_input_embeddings().weight.shape[0]
     wanted = len(tokenizer)
     saved = set(settings.lora_modules_to_save or ())
@@ -186,7 +184,7 @@ def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, notify: Noti
                 "which a quantized base cannot grow; use tokens that already exist in the vocabulary"
             )
         model.resize_token_embeddings(wanted)
-        notify(f"resized the embeddings from {rows} to {wanted} rows for new special tokens")
+        logger.info("resized the embeddings from %d to %d rows for new special tokens", rows, wanted)
         missing = [name for name in EMBEDDING_MODULES if name not in saved]
         if settings.adapter and missing:
             key = "lora_modules_to_save" if settings.lora_modules_to_save else "special_tokens"
@@ -196,9 +194,9 @@ def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, notify: Noti
             )
         return
     optional = [name for name in EMBEDDING_MODULES if name in saved]
-    if settings.adapter and optional:
+    if training and settings.adapter and optional:
         size = sum(_module_numel(model, name) for name in optional) * 4  # trained and saved in fp32
-        notify(
+        logger.info(
             f"{settings.where('lora_modules_to_save')}: every special token already exists in the vocabulary, so "
             f"`lora_modules_to_save: [{', '.join(optional)}]` is optional; it trains full copies and adds "
             f"{_human_bytes(size)} ({size:,} bytes) to the adapter"
@@ -210,9 +208,7 @@ def _set_generation_ids(model: Any, tokenizer: Any) -> None:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if eos is not None:
         model.config.eos_token_id = eos
-        current = model.generation_config.eos_token_id
-        current = [] if current is None else [current] if isinstance(current, int) else list(current)
-        model.generation_config.eos_token_id = [eos] + [i for i in current if i != eos]
+        model.generation_config.eos_token_id = eos_ids(eos, model.generation_config.eos_token_id)
     if pad is not None:
         model.config.pad_token_id = pad
         model.generation_config.pad_token_id = pad
@@ -240,6 +236,22 @@ def _fp32() -> Any:
     import torch
 
     return torch.float32
+
+
+def inference_device(cuda_available: bool, quantized: bool) -> str | None:
+    """Where a model for inference (chat, evaluate, export checks) goes: None for a quantized model, which
+    stays where bitsandbytes put it; else the GPU when there is one, else the CPU."""
+    if quantized:
+        return None
+    return "cuda" if cuda_available else "cpu"
+
+
+def place_for_inference(model: Any, settings: Settings) -> Any:
+    """`model` moved to `inference_device` (the one placement rule for every inference path)."""
+    import torch
+
+    device = inference_device(torch.cuda.is_available(), settings.load_in_4bit or settings.load_in_8bit)
+    return model if device is None else model.to(device)
 
 
 def _quantized_device_map(local_rank: int) -> Any:

@@ -16,6 +16,7 @@ Inside a launched process (LOCAL_RANK / WORLD_SIZE set, e.g. by your own torchru
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
@@ -28,6 +29,8 @@ from typing import Mapping, Sequence
 from finetune.config.settings import Settings
 from finetune.deepspeed_config import resolve_deepspeed
 from finetune.errors import FinetuneError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MASTER_PORT = 29500
 
@@ -98,6 +101,7 @@ def worker_args(
     *,
     resume_from: Path | None,
     force_preprocess: bool = False,
+    verbose: bool = False,
 ) -> list[str]:
     """The worker's command-line arguments (see `finetune.train.worker.parse_args`)."""
     args = [str(recipe_path)]
@@ -107,6 +111,8 @@ def worker_args(
         args += ["--resume-from", str(resume_from)]
     if force_preprocess:
         args.append("--force-preprocess")
+    if verbose:
+        args.append("--verbose")
     return args
 
 
@@ -141,6 +147,7 @@ def main_train(
     node_rank: int = 0,
     master_addr: str | None = None,
     master_port: int | None = None,
+    verbose: bool = False,
 ) -> int:
     """`finetune train`: plan output_dir, then run the worker here or under torchrun. Returns an exit code.
 
@@ -160,11 +167,11 @@ def main_train(
         Path(settings.output_dir), resume=resume, overwrite=overwrite,
         clean=not launched or os.environ.get("RANK", "0") == "0",  # one process deletes stale checkpoints
     )
-    if not launched or os.environ.get("RANK", "0") == "0":
-        for line in filter(None, (ds_notice, *plan.messages)):
-            print(f"finetune: {line}", file=sys.stderr, flush=True)
+    for line in filter(None, (ds_notice, *plan.messages)):
+        logger.info("%s", line)
 
-    args = worker_args(recipe_path, overrides, resume_from=plan.resume_from, force_preprocess=force_preprocess)
+    args = worker_args(recipe_path, overrides, resume_from=plan.resume_from, force_preprocess=force_preprocess,
+                       verbose=verbose)
     if launched:
         return worker.main(args)
     gpus = visible_cuda_devices()
@@ -174,9 +181,8 @@ def main_train(
     topology = make_topology(nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port)
     if not topology.needs_launcher:
         return worker.main(args)
-    cmd = torchrun_command(topology, args)
-    print(f"finetune: starting {topology.world_size} processes ({nproc} here): {shlex.join(cmd)}",
-          file=sys.stderr, flush=True)
+    cmd = torchrun_command(topology, [*args, "--under-finetune-launcher"])  # run_launcher reports signals
+    logger.info("starting %d processes (%d here): %s", topology.world_size, nproc, shlex.join(cmd))
     return run_launcher(cmd)
 
 
@@ -190,9 +196,9 @@ def print_memory_plan(settings: Settings, *, world_size: int) -> None:
         memory = torch.cuda.get_device_properties(0).total_memory
         estimate = plan_memory(settings, world_size=world_size, gpu_memory_bytes=memory)
     except FinetuneError as exc:
-        print(f"finetune: no memory plan: {exc}", file=sys.stderr, flush=True)
+        logger.info("no memory plan: %s", exc)
         return
-    print(format_plan(estimate), file=sys.stderr, flush=True)
+    logger.info("memory plan for this GPU:\n%s", format_plan(estimate))
 
 
 def run_launcher(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:

@@ -12,12 +12,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
 import signal
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,10 +25,13 @@ from typing import Any, Iterator, Mapping, Sequence
 from finetune.errors import FinetuneError
 from finetune.train.collective import all_reduce
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 FINISHED_MARKERS = ("run_summary.json",)
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN")
 REDACTED = "<redacted>"
+logger = logging.getLogger(__name__)
 DUPLICATE_SIGNAL_S = 1.0  # torchrun forwards a terminal's SIGINT that the workers already got
 
 
@@ -38,7 +39,8 @@ DUPLICATE_SIGNAL_S = 1.0  # torchrun forwards a terminal's SIGINT that the worke
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
-    """Complete `checkpoint-N` directories (trainer_state.json written, which the Trainer does last), by step."""
+    """Complete `checkpoint-N` directories by step: trainer state, configs and weights all whole
+    (`finetune.rundir.verify_checkpoint`). Damaged ones are left out with a warning naming them."""
     found = []
     for path in Path(output_dir).glob("checkpoint-*"):
         match = CHECKPOINT.match(path.name)
@@ -48,9 +50,15 @@ def checkpoints(output_dir: Path) -> list[Path]:
 
 
 def _complete(checkpoint: Path) -> bool:
+    from finetune.errors import DataError
+    from finetune.rundir import verify_checkpoint
+
+    if not (checkpoint / "trainer_state.json").is_file():
+        return False  # killed before the Trainer wrote its state (it does so last): not a checkpoint yet
     try:
-        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        verify_checkpoint(checkpoint)
+    except DataError as exc:
+        logger.warning("skipping damaged checkpoint %s: %s", checkpoint, exc)
         return False
     return True
 
@@ -96,9 +104,13 @@ def decide_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> Out
         return OutputPlan(None)
     if not resume:
         return OutputPlan(None, [f"--no-resume: removing {len(stale)} checkpoint(s) in {output_dir}; starting over"], stale)
+    step = int(CHECKPOINT.match(latest.name).group(1))
+    newer = [p for p in stale if int(CHECKPOINT.match(p.name).group(1)) > step]  # damaged or half-written
     return OutputPlan(
         latest,
-        [f"resuming from {latest} (step {CHECKPOINT.match(latest.name).group(1)}); pass --no-resume to start over"],
+        [f"resuming from {latest} (step {step}); pass --no-resume to start over"]
+        + [f"removing {p.name}: incomplete or damaged, saved again when training reaches it" for p in newer],
+        newer,
     )
 
 
@@ -140,11 +152,8 @@ class SignalFlag:
         now = time.monotonic()
         if self.signum is None:
             self.signum, self.received_at = signum, now
-            print(
-                f"\nfinetune: {signal.Signals(signum).name} received: saving a checkpoint at the end of this step, "
-                "then stopping (send it again to stop at once)",
-                file=sys.stderr, flush=True,
-            )
+            logger.warning("%s received: saving a checkpoint at the end of this step, then stopping "
+                           "(send it again to stop at once)", signal.Signals(signum).name)
         elif now - self.received_at > DUPLICATE_SIGNAL_S:
             raise KeyboardInterrupt
 

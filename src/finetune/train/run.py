@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any, Sequence
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, RecipeError
-from finetune.model.load import Notify, notice
 
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,6 @@ def run_training(
     world_size: int = 1,
     local_rank: int = 0,
     callbacks: Sequence[Any] = (),
-    notify: Notify = notice,
 ) -> RunResult:
     """Train on `prepared` (finetune.data.build.PreparedData: .train, .eval) and save everything.
 
@@ -56,19 +56,23 @@ def run_training(
     `world_size`, `local_rank`: this process's place in the run (read from the environment once, by the
     worker). `callbacks`: extra TrainerCallbacks (tracking, signals).
     """
+    from finetune.train.checkpoints import seal_checkpoints_callback
+    from finetune.train.progress import progress_callback
     from finetune.train.trainer import TokenCounter, summary_callbacks
 
     output_dir = Path(output_dir if output_dir is not None else settings.output_dir)
     resume_from = _resume_point(resume, output_dir)
-    template = chat_template_source(settings, tokenizer, notify)
+    template = chat_template_source(settings, tokenizer)
     if len(prepared.train) == 0:
         raise FinetuneError("the prepared training split is empty; nothing to train")
-    model, precision = setup_model(settings, tokenizer, notify, local_rank=local_rank)
+    model, precision = setup_model(settings, tokenizer, local_rank=local_rank)
     counter = TokenCounter()
     own = summary_callbacks(counter, output_dir)
+    # sealed first, before the signal stop raises
+    all_callbacks = [seal_checkpoints_callback(), *own, progress_callback(lambda: counter.tokens), *callbacks]
     trainer = build(
         settings, model, tokenizer, prepared, precision=precision, world_size=world_size,
-        output_dir=output_dir, counter=counter, callbacks=[*own, *callbacks],
+        output_dir=output_dir, counter=counter, callbacks=all_callbacks,
     )
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +81,7 @@ def run_training(
     return save_run(trainer, tokenizer, template, output_dir, summary=dict(own[0].summary or {}), prepared=prepared)
 
 
-def setup_model(settings: Settings, tokenizer: Any, notify: Notify = notice, *, local_rank: int = 0) -> tuple[Any, Any]:
+def setup_model(settings: Settings, tokenizer: Any, *, local_rank: int = 0) -> tuple[Any, Any]:
     """(the base model with the recipe's adapter, its precision), seeded first: adapter initialisation is random."""
     from transformers import set_seed
 
@@ -86,9 +90,9 @@ def setup_model(settings: Settings, tokenizer: Any, notify: Notify = notice, *, 
 
     set_seed(settings.seed)
     precision = resolve_precision(settings)
-    model = load_model(settings, tokenizer, precision=precision, notify=notify, local_rank=local_rank)
+    model = load_model(settings, tokenizer, precision=precision, local_rank=local_rank)
     if settings.adapter:
-        model = apply_adapter(settings, model, notify=notify)
+        model = apply_adapter(settings, model)
     return model, precision
 
 
@@ -133,13 +137,20 @@ def save_run(
     trainer: Any, tokenizer: Any, template: str | None, output_dir: Path, *, summary: dict[str, Any], prepared: Any
 ) -> RunResult:
     """Save the model and tokenizer, then run_summary.json last (its presence means the run finished)."""
+    from finetune.train.progress import best_checkpoint_entry
+
+    if trainer.is_world_process_zero():
+        adapter = getattr(trainer.model, "peft_config", None) is not None
+        logger.info("saving the %s to %s", "adapter" if adapter else "model", output_dir)
     save_outputs(trainer, tokenizer, template, output_dir)
     efficiency = getattr(getattr(prepared, "summary", None), "packing_efficiency", None)
     if efficiency is not None:
         summary["packing_efficiency"] = efficiency
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    summary["best_checkpoint"] = best_checkpoint_entry(trainer.state.log_history, checkpoints, output_dir,
+                                                       final_step=trainer.state.global_step)
     if trainer.is_world_process_zero():
         (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return RunResult(output_dir=output_dir, summary=summary, checkpoints=checkpoints, global_step=trainer.state.global_step)
 
 
@@ -157,7 +168,7 @@ def save_outputs(trainer: Any, tokenizer: Any, template: str | None, output_dir:
     saved.save_pretrained(str(output_dir))
 
 
-def chat_template_source(settings: Settings, tokenizer: Any, notify: Notify = notice) -> str | None:
+def chat_template_source(settings: Settings, tokenizer: Any) -> str | None:
     """The Jinja source of the recipe's chat template (saved with the tokenizer), or None when there is none."""
     from finetune.data.templates import resolve_template
 
@@ -165,7 +176,7 @@ def chat_template_source(settings: Settings, tokenizer: Any, notify: Notify = no
         return resolve_template(settings.chat_template, settings.chat_template_jinja, tokenizer).jinja_source
     except RecipeError as exc:
         if settings.chat_template == "tokenizer_default":
-            notify(f"no chat template saved with the tokenizer: {exc}")
+            logger.warning("no chat template saved with the tokenizer: %s", exc)
             return None
         raise
 
@@ -185,9 +196,12 @@ def _resume_point(resume: bool | str, output_dir: Path) -> bool | str | None:
     if resume is False or resume is None:
         return None
     if resume is True:
-        if not any(output_dir.glob("checkpoint-*")):
-            raise FinetuneError(f"nothing to resume: no checkpoint-* directory in {output_dir}")
-        return True
+        from finetune.train.resilience import latest_checkpoint
+
+        latest = latest_checkpoint(output_dir)  # verified, not merely the newest name
+        if latest is None:
+            raise FinetuneError(f"nothing to resume: no complete checkpoint-* directory in {output_dir}")
+        return str(latest)
     path = Path(resume)
     if not path.is_dir():
         raise FinetuneError(f"cannot resume from {path}: no such checkpoint directory")

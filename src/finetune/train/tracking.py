@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import netrc
 import time
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from urllib.parse import urlparse
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError
 from finetune.train.collective import all_reduce
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "api.wandb.ai"
 RUN_ID_FILE = "wandb_run_id"
@@ -114,8 +117,8 @@ class Tracker:
     """One W&B run. Only the main process talks to W&B; every process must add `callback()` (it sums
     token counters across processes at each log step)."""
 
-    def __init__(self, ws: WandbSettings, *, mode: str, output_dir: Path, is_main: bool, notify: Any = print) -> None:
-        self.ws, self.mode, self.output_dir, self.is_main, self.notify = ws, mode, Path(output_dir), is_main, notify
+    def __init__(self, ws: WandbSettings, *, mode: str, output_dir: Path, is_main: bool) -> None:
+        self.ws, self.mode, self.output_dir, self.is_main = ws, mode, Path(output_dir), is_main
         self.run: Any = None
 
     def start(self, config: Mapping[str, Any], *, data_summary: Mapping[str, Any] | None = None,
@@ -143,7 +146,7 @@ class Tracker:
             self.run.summary.update(numbers)
             self.run.config.update({"data": dict(data_summary)}, allow_val_change=True)
         if self.mode == "offline":
-            self.notify(f"W&B: logging offline to {self.run.settings.sync_dir}")
+            logger.info("W&B: logging offline to %s", self.run.settings.sync_dir)
 
     def callback(self) -> Any:
         from transformers import TrainerCallback
@@ -203,7 +206,7 @@ class Tracker:
             self.run.finish(exit_code=0 if ok else 1)
             self.run = None
             if self.mode == "offline":
-                self.notify(f"W&B: offline run saved; upload it with `wandb sync {sync_dir}`")
+                logger.info("W&B: offline run saved; upload it with `wandb sync %s`", sync_dir)
 
 
 def _sum_over_processes(values: list[float], device: Any) -> list[float]:

@@ -115,12 +115,12 @@ def build_trainer(
     callbacks: Sequence[Any] = (),
 ) -> Any:
     """The FinetuneTrainer for prepared datasets, with early stopping when the recipe asks for it."""
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, PrinterCallback
 
     all_callbacks = list(callbacks)
     if settings.early_stopping_patience is not None and eval_dataset is not None:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
-    return FinetuneTrainer(
+    trainer = FinetuneTrainer(
         model=model,
         args=args,
         data_collator=collator,
@@ -132,6 +132,9 @@ def build_trainer(
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else -1,
         loss_head=settings.loss_head,
     )
+    # With disable_tqdm the Trainer prints every log dict to stdout; finetune.train.progress says it instead.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 # --- callbacks ------------------------------------------------------------------------------

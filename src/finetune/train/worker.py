@@ -8,13 +8,15 @@ loads the recipe file and overrides itself (nothing pickled crosses processes). 
   (a gloo group with its own, long timeout: FINETUNE_DATA_TIMEOUT seconds, default 4 hours) and then
   load the cache;
 - only global rank 0 prints notices and summaries and talks to W&B.
+
+`main` is a process edge: it sets up the log channel (`finetune.log.configure`) with this process's rank.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError
+
+logger = logging.getLogger(__name__)
 
 DATA_TIMEOUT_S = 4 * 3600
 COLLECTIVE_TIMEOUT_S = 1800  # transformers' default ddp_timeout
@@ -52,26 +56,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--resume-from", default=None, metavar="CHECKPOINT_DIR")
     parser.add_argument("--force-preprocess", action="store_true")
+    parser.add_argument("--under-finetune-launcher", action="store_true",
+                        help="set by `finetune train` when it started torchrun itself: the launcher then reports a "
+                             "stop signal's exit code, so the workers exit 0 (a non-zero code reads as a crash there)")
+    parser.add_argument("--verbose", action="store_true", help="debug lines and third-party messages too")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one process; returns its exit code (0 for an interrupted run under torchrun, see below)."""
+    """Run one process; returns its exit code: 128 + signal number for an interrupted run (130/143), so
+    a scheduler requeues it, except under finetune's own launcher, which reports the signal itself."""
     from finetune.train.resilience import TrainingInterrupted
+
+    from finetune.log import configure
 
     args = parse_args(argv)
     ranks = Ranks.from_env(os.environ)
-    say = _printer(ranks)
+    configure(rank=ranks.rank, verbose=args.verbose)
     try:
         run_worker(args.config, args.overrides, resume_from=Path(args.resume_from) if args.resume_from else None,
-                   force_preprocess=args.force_preprocess, ranks=ranks, say=say)
+                   force_preprocess=args.force_preprocess, ranks=ranks)
     except TrainingInterrupted as exc:
-        say(str(exc))
-        # Under torchrun a non-zero code reads as a crash (and a traceback); the launcher reports the signal.
-        return 0 if ranks.world_size > 1 else exc.exit_code
+        logger.warning("%s", exc)
+        # Under finetune's own torchrun a non-zero code reads as a crash there: its launcher reports the signal.
+        return 0 if args.under_finetune_launcher else exc.exit_code
     except FinetuneError as exc:
-        prefix = "" if ranks.is_main else f"[rank {ranks.rank}] "
-        print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
+        logger.error("%s", exc)
         return exc.exit_code
     finally:
         _destroy_process_group()
@@ -85,7 +95,6 @@ def run_worker(
     resume_from: Path | None,
     force_preprocess: bool = False,
     ranks: Ranks = Ranks(),
-    say: Callable[[str], None] | None = None,
 ) -> Any:
     """Load the recipe, prepare data (main process first), train with tracking and signal handling."""
     from finetune.config import load_recipe
@@ -94,7 +103,6 @@ def run_worker(
     from finetune.deepspeed_config import resolve_deepspeed
     from finetune.train.run import run_training
 
-    say = say or _printer(ranks)
     settings = load_recipe(recipe_path, overrides).settings
     deepspeed, _ = resolve_deepspeed(settings)
     if deepspeed is not None:
@@ -104,18 +112,17 @@ def run_worker(
 
     tokenizer = load_tokenizer(settings)
     prepared = prepare_first_on_each_machine(settings, tokenizer, ranks, barrier, force=force_preprocess)
-    if ranks.is_main:
-        state = "reused (cache hit)" if prepared.from_cache else "built"
-        say(f"prepared data {state}: {prepared.path}")
+    state = "reused (cache hit)" if prepared.from_cache else "built"
+    logger.info("prepared data %s: %s", state, prepared.path)
 
     secrets = resilience.known_secrets(os.environ)
     tracker = None
     ws = tracking.wandb_settings(settings)
     if ws is not None:
         mode, notice = tracking.resolve_mode(ws, os.environ)
-        if notice and ranks.is_main:
-            say(notice)
-        tracker = tracking.Tracker(ws, mode=mode, output_dir=output_dir, is_main=ranks.is_main, notify=say)
+        if notice:
+            logger.info("%s", notice)
+        tracker = tracking.Tracker(ws, mode=mode, output_dir=output_dir, is_main=ranks.is_main)
         config = resilience.redact_config(settings.model_dump(mode="json"), secrets)
         config["world_size"] = ranks.world_size
         config["effective_batch"] = settings.effective_batch(ranks.world_size)
@@ -131,14 +138,13 @@ def run_worker(
             result = run_training(
                 settings, prepared, tokenizer, output_dir=output_dir,
                 resume=str(resume_from) if resume_from is not None else False,
-                world_size=ranks.world_size, local_rank=ranks.local_rank, callbacks=callbacks, notify=say,
+                world_size=ranks.world_size, local_rank=ranks.local_rank, callbacks=callbacks,
             )
         ok = True
     finally:
         if tracker is not None:
             tracker.finish(outputs=output_dir, summary=result.summary if ok else None, ok=ok)
-    if ranks.is_main:
-        say(format_result(result))
+    logger.info("%s", format_result(result))
     return result
 
 
@@ -151,7 +157,9 @@ def format_result(result: Any) -> str:
         parts.append(f"eval loss {summary['eval_loss']:.4f}")
     if summary.get("tokens_per_s"):
         parts.append(f"{summary['tokens_per_s']:.0f} tokens/s")
-    return ", ".join(parts) + f"; outputs in {result.output_dir}"
+    best = summary.get("best_checkpoint")
+    lowest = f"; lowest eval loss {best['eval_loss']:.4f} at step {best['step']}: {best['path']}" if best else ""
+    return ", ".join(parts) + f"; outputs in {result.output_dir}" + lowest
 
 
 def prepare_first_on_each_machine(settings: Settings, tokenizer: Any, ranks: Ranks, barrier: Callable[[], None], *,
@@ -200,12 +208,6 @@ def _destroy_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _printer(ranks: Ranks) -> Callable[[str], None]:
-    if not ranks.is_main:
-        return lambda message: None
-    return lambda message: print(f"finetune: {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

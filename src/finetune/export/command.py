@@ -1,0 +1,207 @@
+"""`finetune export recipe.yml --gguf QUANT`: the trained run as one GGUF file for llama.cpp, Ollama and LM Studio.
+
+1. The run is merged as `finetune merge` merges it (LoRA, DoRA, rsLoRA, modules_to_save; QLoRA into the
+   NF4-round-tripped base) into a temporary safetensors folder next to the output, in float32 for `f32`, bfloat16
+   for `bf16` and float16 otherwise; an up-to-date `output_dir/merged` of that dtype is used as it is. A full
+   fine-tune's output_dir is already a model.
+2. `finetune.export.gguf_llama` writes the GGUF tensor by tensor (f32, f16, bf16, q8_0, q4_0). The K-quants
+   (q4_k_m, q5_k_m, q6_k) are llama.cpp's own quantizer, called as a library through llama-cpp-python, from an
+   f16 GGUF that is then removed.
+3. Everything is written under temporary names and renamed at the end: an error, a full disk or Ctrl-C leaves no
+   partial `.gguf` (nor merge folder) behind. Beside the GGUF goes an Ollama `Modelfile`.
+
+Output: `output_dir/gguf/<output_dir name>-<quant>.gguf` and `output_dir/gguf/Modelfile` (FROM the latest export).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from finetune.config.settings import Settings
+from finetune.errors import FinetuneError, MissingDependencyError
+from finetune.export.gguf_llama import PYTHON_TYPES, ExportError, check_architecture, read_vocab, write_gguf
+# The one place export reads a finished run (its directory, base, merge, tokenizer's end-of-turn tokens) from.
+from finetune.merge import merge_adapter
+from finetune.rundir import END_OF_TURN_MARKERS, base_model_dir, resolve_adapter_dir, stop_token_ids
+
+logger = logging.getLogger(__name__)
+
+K_QUANTS = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+            "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+QUANTS = (*PYTHON_TYPES, *K_QUANTS)
+MERGE_DTYPES = {"f32": "fp32", "bf16": "bf16"}  # everything else is merged in fp16
+LLAMA_CPP_HINT = "pip install 'finetune[gguf]' (llama-cpp-python builds llama.cpp from source, about 12 minutes)"
+
+
+def export_gguf(settings: Settings, quant: str, *, adapter_dir: str | Path | None = None,
+                on_tensor: Optional[Callable[[int, int], None]] = None) -> Path:
+    """Export the finished run to `output_dir/gguf/<name>-<quant>.gguf` (+ Modelfile); returns the GGUF path.
+
+    `on_tensor(done, total)` is called after each tensor is written (default: a progress notice per 10%).
+    """
+    quant = quant.lower()
+    if quant not in QUANTS:
+        raise ExportError(f"--gguf {quant}: unknown quant type; expected one of {', '.join(QUANTS)}")
+    llama_cpp = _require_llama_cpp(quant) if quant in K_QUANTS else None
+    _require_gguf()
+    base_config = _read_config(base_model_dir(settings) if settings.adapter is not None else
+                               _full_model_dir(settings, adapter_dir))
+    check_architecture(base_config, f"{settings.where('base_model')}: {settings.base_model}")
+
+    run_dir = _run_dir(settings, adapter_dir)
+    out_dir = Path(settings.output_dir) / "gguf"
+    name = Path(settings.output_dir).resolve().name
+    final = out_dir / f"{name}-{quant}.gguf"
+    pid = os.getpid()
+    tmp = out_dir / f".{final.name}.tmp-{pid}"
+    f16_tmp = out_dir / f".{final.name}.f16.tmp-{pid}"
+    merge_tmp = out_dir / f".merged.tmp-{pid}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        model_dir = _merged_model(settings, run_dir, adapter_dir, MERGE_DTYPES.get(quant, "fp16"), merge_tmp)
+        vocab, stop_tokens, template = _vocab(model_dir, run_dir)
+        progress = on_tensor or _progress_notice(final.name)
+        if llama_cpp is None:
+            write_gguf(tmp, model_dir, vocab, name, quant, progress)
+        else:
+            write_gguf(f16_tmp, model_dir, vocab, name, "f16", progress)
+            shutil.rmtree(merge_tmp, ignore_errors=True)  # free the disk before quantizing
+            _quantize(llama_cpp, f16_tmp, tmp, K_QUANTS[quant])
+            f16_tmp.unlink()
+        _fsync(tmp)
+        os.replace(tmp, final)
+        from finetune.export.modelfile import modelfile_text
+
+        _write_text(out_dir / "Modelfile", modelfile_text(final.name, template, stop_tokens))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ExportError(f"no space left on the disk of {out_dir} while exporting {final.name} "
+                              f"({shutil.disk_usage(out_dir).free / 1e9:.1f} GB free); free some space and retry"
+                              ) from None
+        raise
+    finally:
+        for path in (tmp, f16_tmp):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(merge_tmp, ignore_errors=True)
+    logger.info("wrote %s (%.2f GB); `ollama create %s -f %s` makes it an Ollama model", final,
+                final.stat().st_size / 1e9, name, out_dir / "Modelfile")
+    return final
+
+
+# --- the pieces ---------------------------------------------------------------------------------------
+
+
+def _run_dir(settings: Settings, adapter_dir: str | Path | None) -> Path:
+    """The finished run: the adapter directory, or a full fine-tune's model directory; ExportError otherwise."""
+    if settings.adapter is None:
+        return _full_model_dir(settings, adapter_dir)
+    try:
+        return resolve_adapter_dir(settings, adapter_dir)
+    except FinetuneError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _merged_model(settings: Settings, run_dir: Path, adapter_dir: str | Path | None, dtype: str,
+                  merge_tmp: Path) -> Path:
+    """A safetensors model folder to export: the full fine-tune, a fresh `output_dir/merged`, or a merge into
+    `merge_tmp`."""
+    from finetune.safetensors_stream import INDEX_FILE
+
+    if settings.adapter is None:
+        return run_dir
+    merged = Path(settings.output_dir) / "merged"
+    torch_name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
+    adapter_file = run_dir / "adapter_model.safetensors"
+    if (adapter_dir is None and (merged / INDEX_FILE).is_file() and adapter_file.is_file()
+            and _read_config(merged).get("dtype") == torch_name
+            and (merged / INDEX_FILE).stat().st_mtime >= adapter_file.stat().st_mtime):
+        logger.info("using the merged model in %s (newer than the adapter, %s)", merged, dtype)
+        return merged
+    return merge_adapter(settings, adapter_dir=run_dir, out_dir=merge_tmp, dtype=dtype)
+
+
+def _full_model_dir(settings: Settings, adapter_dir: str | Path | None) -> Path:
+    path = Path(adapter_dir if adapter_dir is not None else settings.output_dir)
+    if not (path / "config.json").is_file():
+        raise ExportError(f"no trained model in {path} (config.json missing): run `finetune train` first")
+    return path
+
+
+def _read_config(model_dir: Path) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ExportError(f"{path} is missing")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _vocab(model_dir: Path, run_dir: Path) -> tuple[Any, list[str], Optional[str]]:
+    """(the GGUF vocabulary, the stop token strings, the chat template) from the exported model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    stop = stop_token_ids(tokenizer, None, run_dir)
+    if not stop:
+        raise ExportError(f"{model_dir}: the tokenizer has no end-of-turn token (eos); set special_tokens.eos_token")
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    vocab_ids = tokenizer.get_vocab()
+    markers = [vocab_ids[m] for m in END_OF_TURN_MARKERS if template and m in template and m in vocab_ids]
+    rows = _read_config(model_dir)["vocab_size"]
+    vocab = read_vocab(tokenizer, model_dir, rows, eos=stop[0], eot=(markers or stop)[0])
+    return vocab, [tokenizer.convert_ids_to_tokens(i) for i in stop], template
+
+
+def _quantize(llama_cpp: Any, source: Path, target: Path, ftype_name: str) -> None:
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, ftype_name)
+    params.nthread = os.cpu_count() or 1
+    logger.info("quantizing to %s with llama.cpp", ftype_name.removeprefix("LLAMA_FTYPE_MOSTLY_").lower())
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
+        free = shutil.disk_usage(target.parent).free
+        if free < source.stat().st_size // 2:
+            raise OSError(errno.ENOSPC, "llama.cpp's quantizer failed", str(target))
+        raise FinetuneError(f"llama.cpp's quantizer failed on {source} (its log is above)")
+
+
+def _progress_notice(label: str) -> Callable[[int, int], None]:
+    def notice(done: int, total: int) -> None:
+        if done == total or done * 10 // total != (done - 1) * 10 // total:
+            logger.info("%s: %d/%d tensors written", label, done, total)
+
+    return notice
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _require_gguf() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingDependencyError(f"finetune export needs llama.cpp's gguf package: {LLAMA_CPP_HINT}")
+
+
+def _require_llama_cpp(quant: str) -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise MissingDependencyError(f"--gguf {quant} is quantized by llama.cpp through llama-cpp-python, which is "
+                                     f"not installed: {LLAMA_CPP_HINT}; or export f16, bf16, q8_0 or q4_0, which "
+                                     "need only the gguf package") from None
+    return llama_cpp

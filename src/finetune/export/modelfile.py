@@ -1,0 +1,44 @@
+"""The Ollama `Modelfile` written beside an exported GGUF: FROM, the chat template as Go template, stop tokens.
+
+Ollama formats prompts with its own Go template, not the GGUF's Jinja `tokenizer.chat_template`, so a model
+whose template is lost "never stops". For the built-in `llama3` and `chatml` templates the TEMPLATE below renders
+the same text as the training template for any conversation whose contents carry no surrounding whitespace
+(`llama3` trims contents; Go templates cannot). BOS is not written: Ollama adds it when the GGUF says
+`tokenizer.ggml.add_bos_token` (true exactly when the training template starts with BOS). Other templates get no
+TEMPLATE line, so Ollama picks one from the GGUF's own chat template, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Optional
+
+from finetune.data.templates import CHATML_JINJA, LLAMA3_JINJA
+
+logger = logging.getLogger(__name__)
+
+LLAMA3_GO = (
+    "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>\n"
+    "{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+CHATML_GO = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+GO_TEMPLATES = {LLAMA3_JINJA: LLAMA3_GO, CHATML_JINJA: CHATML_GO}
+
+
+def go_template(jinja: Optional[str]) -> Optional[str]:
+    """The Ollama template equivalent to a training template; None when finetune has none for it."""
+    return GO_TEMPLATES.get(jinja or "")
+
+
+def modelfile_text(gguf_name: str, jinja: Optional[str], stop_tokens: list[str]) -> str:
+    """The Modelfile for `gguf_name` (a file beside it)."""
+    lines = [f"FROM ./{gguf_name}"]
+    template = go_template(jinja)
+    if template is not None:
+        lines.append(f'TEMPLATE """{template}"""')
+    else:
+        logger.warning("the chat template is not a built-in one (llama3, chatml): the Modelfile has no TEMPLATE, "
+                       "so Ollama picks one from the GGUF's chat template; check its prompts with `ollama show`")
+    lines += [f"PARAMETER stop {json.dumps(token, ensure_ascii=False)}" for token in stop_tokens]
+    return "\n".join(lines) + "\n"

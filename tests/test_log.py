@@ -1,0 +1,109 @@
+"""The one log channel: format, rank 0 only, third-party noise dropped unless --verbose."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from finetune.log import NOISY_LOGS, configure
+
+DEEPSPEED_CPU = ("Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.")
+BNB_KERNELS = ("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. "
+               "Please make sure you already `pip install kernels` and the kernels >= 0.11.1")
+CHECKPOINTING = ("`is_gradient_checkpointing` is deprecated and will be removed in v6. "
+                 "Use `is_activation_checkpointing` instead.")
+
+
+@pytest.fixture(autouse=True)
+def restore_loggers():
+    names = ["finetune", *(name for name, _ in NOISY_LOGS)]
+    saved = {name: (list(logging.getLogger(name).handlers), list(logging.getLogger(name).filters),
+                    logging.getLogger(name).level) for name in names}
+    yield
+    for name, (handlers, filters, level) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:], logger.filters[:] = handlers, filters
+        logger.setLevel(level)
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_notices_and_warnings_print_plainly_on_stderr(capsys) -> None:
+    configure(rank=0)
+    logging.getLogger("finetune.some.module").info("loading the base model")
+    logging.getLogger("finetune.some.module").warning("no chat template saved")
+    logging.getLogger("finetune.some.module").debug("details")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == ["finetune: loading the base model", "warning: no chat template saved"]
+
+
+def test_verbose_prints_debug_lines(capsys) -> None:
+    configure(rank=0, verbose=True)
+    logging.getLogger("finetune.x").debug("details")
+    assert capsys.readouterr().err == "finetune: details\n"
+
+
+def test_configuring_twice_prints_each_line_once(capsys) -> None:
+    configure(rank=0)
+    configure(rank=0)
+    logging.getLogger("finetune.x").info("once")
+    assert capsys.readouterr().err == "finetune: once\n"
+
+
+def test_other_ranks_print_only_errors_marked_with_their_rank(capsys) -> None:
+    configure(rank=3)
+    logger = logging.getLogger("finetune.x")
+    logger.info("notice")
+    logger.warning("warning")
+    logger.error("the data cache is missing")
+    assert capsys.readouterr().err == "[rank 3] error: the data cache is missing\n"
+
+
+@pytest.mark.parametrize(("name", "message"), [("DeepSpeed", DEEPSPEED_CPU),
+                                               ("bitsandbytes.backends.cpu.ops", BNB_KERNELS)])
+def test_noise_is_dropped_and_verbose_keeps_it(name: str, message: str) -> None:
+    seen = Collect()
+    noisy = logging.getLogger(name)
+    noisy.addHandler(seen)
+    configure()
+    noisy.warning(message)
+    noisy.warning("ZeRO-3 is not supported with this loss")  # anything else still comes through
+    assert seen.messages == ["ZeRO-3 is not supported with this loss"]
+    configure(verbose=True)
+    noisy.warning(message)
+    assert seen.messages[-1] == message
+
+
+def test_checkpointing_future_warning_is_dropped_and_verbose_keeps_it() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        configure()
+        warnings.warn(CHECKPOINTING, FutureWarning, stacklevel=1)
+        warnings.warn("`foo` is deprecated", FutureWarning, stacklevel=1)
+        assert [str(w.message) for w in caught] == ["`foo` is deprecated"]
+        configure(verbose=True)
+        warnings.warn(CHECKPOINTING, FutureWarning, stacklevel=1)
+        assert str(caught[-1].message) == CHECKPOINTING
+
+
+def test_deepspeed_import_line_is_dropped_when_configured_first() -> None:
+    """DeepSpeed prints the line while it is imported, to stdout, through its own handler."""
+    code = "import sys; from finetune.log import configure; configure(verbose=sys.argv[1] == 'v'); import deepspeed"
+    loud = subprocess.run([sys.executable, "-c", code, "v"], capture_output=True, text=True, timeout=300)
+    if "Setting accelerator to CPU" not in loud.stdout + loud.stderr:
+        pytest.skip("deepspeed found an accelerator here; it does not print the CPU line")
+    quiet = subprocess.run([sys.executable, "-c", code, "q"], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Setting accelerator" not in quiet.stdout + quiet.stderr
