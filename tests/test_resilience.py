@@ -99,11 +99,19 @@ def test_resume_skips_a_checkpoint_whose_adapter_was_cut_short(tmp_path, caplog)
     assert len(warning) == 1 and "checkpoint-2" in warning[0] and "adapter_model.safetensors" in warning[0]
 
 
-@pytest.mark.parametrize("damage", ["missing adapter", "corrupt adapter config", "corrupt trainer state"])
+@pytest.mark.parametrize("damage", ["missing adapter", "corrupt adapter config", "corrupt trainer state",
+                                    "cut-short optimizer"])
 def test_other_damage_also_falls_back(tmp_path, damage):
+    import torch
+
     previous = _checkpoint(tmp_path, 1)
     damaged = _checkpoint(tmp_path, 2)
-    if damage == "missing adapter":
+    for checkpoint in (previous, damaged):
+        torch.save({"state": {0: torch.ones(64)}}, checkpoint / "optimizer.pt")
+    if damage == "cut-short optimizer":
+        optimizer = damaged / "optimizer.pt"
+        optimizer.write_bytes(optimizer.read_bytes()[:-30])
+    elif damage == "missing adapter":
         (damaged / "adapter_model.safetensors").unlink()
     elif damage == "corrupt adapter config":
         (damaged / "adapter_config.json").write_text('{"peft_type": ')
