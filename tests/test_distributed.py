@@ -200,3 +200,32 @@ def test_sigterm_under_the_users_own_launcher_exits_143_on_every_rank(train_reci
     assert codes == [128 + signal.SIGTERM] * 2, "\n".join(err[-3000:] for _, err in outputs)
     assert "stopped by SIGTERM" in outputs[0][1]
     assert list(_output_dir(recipe).glob("checkpoint-*"))
+
+
+def test_sigterm_to_the_workers_of_the_users_own_torchrun_fails_the_job(train_recipe, torch_extensions_dir):
+    # The user's torchrun runs `finetune train` per rank; a scheduler or script signals the training processes.
+    # They must not exit 0, or torchrun exits 0 too and the job reads as finished (and is not requeued).
+    import psutil
+
+    recipe = train_recipe("own-torchrun", max_steps=200, gradient_accumulation_steps=1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "finetune", "train", str(recipe)]
+    process = subprocess.Popen(cmd, env=_env(torch_extensions_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        line = ""
+        while "'loss'" not in line:  # rank 0 logs the first step
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                pytest.fail(f"training ended before its first step:\n{process.stderr.read()[-4000:]}")
+        workers = psutil.Process(process.pid).children()
+        assert len(workers) == 2
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr and "exitcode  : 143" in stderr
+    assert list(_output_dir(recipe).glob("checkpoint-*"))

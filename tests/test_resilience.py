@@ -99,11 +99,19 @@ def test_resume_skips_a_checkpoint_whose_adapter_was_cut_short(tmp_path, caplog)
     assert len(warning) == 1 and "checkpoint-2" in warning[0] and "adapter_model.safetensors" in warning[0]
 
 
-@pytest.mark.parametrize("damage", ["missing adapter", "corrupt adapter config", "corrupt trainer state"])
+@pytest.mark.parametrize("damage", ["missing adapter", "corrupt adapter config", "corrupt trainer state",
+                                    "cut-short optimizer"])
 def test_other_damage_also_falls_back(tmp_path, damage):
+    import torch
+
     previous = _checkpoint(tmp_path, 1)
     damaged = _checkpoint(tmp_path, 2)
-    if damage == "missing adapter":
+    for checkpoint in (previous, damaged):
+        torch.save({"state": {0: torch.ones(64)}}, checkpoint / "optimizer.pt")
+    if damage == "cut-short optimizer":
+        optimizer = damaged / "optimizer.pt"
+        optimizer.write_bytes(optimizer.read_bytes()[:-30])
+    elif damage == "missing adapter":
         (damaged / "adapter_model.safetensors").unlink()
     elif damage == "corrupt adapter config":
         (damaged / "adapter_config.json").write_text('{"peft_type": ')
@@ -122,6 +130,17 @@ def test_a_deepspeed_checkpoint_without_gathered_weights_is_resumed(tmp_path):
     (newest / "global_step2" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"state")
     (newest / "latest").write_text("global_step2")
     assert decide_output_dir(tmp_path, resume=True, overwrite=False).resume_from == newest
+
+
+def test_a_named_damaged_checkpoint_is_a_clear_error(tmp_path):
+    from finetune.errors import DataError
+    from finetune.train.run import _resume_point
+
+    named = _checkpoint(tmp_path, 1)
+    assert _resume_point(str(named), tmp_path) == str(named)
+    (named / "adapter_model.safetensors").write_bytes(b"\0" * 3)
+    with pytest.raises(DataError, match=r"checkpoint-1/adapter_model\.safetensors is damaged"):
+        _resume_point(str(named), tmp_path)
 
 
 def test_sealed_and_legacy_checkpoints_are_both_resumed(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,13 +154,16 @@ def verify_weights(run_dir: Path) -> None:
 
 def verify_checkpoint(checkpoint: Path) -> None:
     """DataError naming what is missing or damaged in a `checkpoint-N` directory: its trainer state,
-    its adapter/model config and every weights file. A checkpoint from before the `.complete` marker
+    its adapter/model config, every weights file and its optimizer/scheduler/RNG archives. A checkpoint from before the `.complete` marker
     (COMPLETE_MARKER) is accepted when all of that verifies; the marker is an extra guarantee."""
     checkpoint = Path(checkpoint)
     read_json(checkpoint / "trainer_state.json")
     for name in ("adapter_config.json", "config.json"):
         if (checkpoint / name).is_file():
             read_json(checkpoint / name)
+    for path in sorted([*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]):  # optimizer, scheduler, RNG state
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-short one lacks its end record
+            raise DataError(f"{path} is damaged: not a whole torch.save archive (cut short?); {REPAIR_HINT}")
     weights = any(checkpoint.glob("*.safetensors")) or (checkpoint / "model.safetensors.index.json").is_file()
     if not weights and _deepspeed_state(checkpoint):
         return  # ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the weights are in DeepSpeed's state

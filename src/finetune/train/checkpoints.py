@@ -4,8 +4,8 @@ The Trainer writes a checkpoint's files and returns; a crash, a full disk or a k
 a file cut short that the next run would resume from. `seal_checkpoint` flushes every file of the
 checkpoint to disk and only then writes `finetune.rundir.COMPLETE_MARKER` (fsynced, with its directory).
 Resuming verifies every checkpoint anyway (`finetune.rundir.verify_checkpoint`, which also accepts
-checkpoints of older runs that have no marker); the marker vouches for what a header check cannot, the
-optimizer and RNG state.
+checkpoints of older runs that have no marker, and checks the optimizer/scheduler/RNG archives whole);
+the marker records that every file was on disk before it was written.
 """
 
 from __future__ import annotations

@@ -205,4 +205,7 @@ def _resume_point(resume: bool | str, output_dir: Path) -> bool | str | None:
     path = Path(resume)
     if not path.is_dir():
         raise FinetuneError(f"cannot resume from {path}: no such checkpoint directory")
+    from finetune.rundir import verify_checkpoint
+
+    verify_checkpoint(path)  # a damaged one: a DataError naming the file, not a traceback from torch.load
     return str(path)
