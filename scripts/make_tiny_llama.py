@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from finetune.log import configure
 from finetune.tiny import build_tiny_llama
 
 __all__ = ["build_tiny_llama", "main"]
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=2, help="number of decoder layers (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="weight-initialisation seed (default 0)")
     args = parser.parse_args(argv)
+    configure()  # the CLI's quiet console: no third-party lines nobody can act on
     out = build_tiny_llama(args.out_dir, hidden_size=args.hidden_size, layers=args.layers, seed=args.seed)
     print(out)
     return 0

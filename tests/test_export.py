@@ -429,3 +429,21 @@ def test_k_quants_without_llama_cpp_name_the_extra(make_adapter_run: Any) -> Non
     assert result.returncode == 1
     assert "pip install 'finetune[gguf]'" in result.stderr and "llama-cpp-python" in result.stderr
     assert not (run / "gguf").exists() or not any((run / "gguf").iterdir())
+
+
+def test_damaged_full_run_is_an_error_naming_the_file(tiny_llama_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    settings = _full_run(tiny_llama_dir, tmp_path / "full")
+    out = Path(settings.output_dir)
+    weights = out / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # a copy cut short
+    assert main(["export", str(out / "recipe.yml"), "--gguf", "f16"]) == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "damaged" in err and "Traceback" not in err
+    weights.write_bytes(data)
+    (out / "config.json").write_text('{"model_type": "llama", ')  # cut short mid-object
+    assert main(["export", str(out / "recipe.yml"), "--gguf", "f16"]) == 2
+    err = capsys.readouterr().err
+    assert str(out / "config.json") in err and "damaged" in err
+    assert _gguf_dir_entries(settings) == []

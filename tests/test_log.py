@@ -107,3 +107,17 @@ def test_deepspeed_import_line_is_dropped_when_configured_first() -> None:
     quiet = subprocess.run([sys.executable, "-c", code, "q"], capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0, quiet.stderr
     assert "Setting accelerator" not in quiet.stdout + quiet.stderr
+
+
+def test_library_progress_bars_are_off_unless_verbose(tiny_llama_dir) -> None:
+    """transformers' "Loading weights" bar (read from the environment at import) is gone; --verbose keeps it."""
+    import os
+
+    code = ("import sys; from finetune.log import configure; configure(verbose=sys.argv[1] == 'v'); "
+            "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained(sys.argv[2])")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    runs = {mode: subprocess.run([sys.executable, "-c", code, mode, str(tiny_llama_dir)], capture_output=True,
+                                 text=True, timeout=300, env=env) for mode in ("v", "q")}
+    assert all(run.returncode == 0 for run in runs.values()), runs["q"].stderr
+    assert "Loading weights" in runs["v"].stderr
+    assert "Loading weights" not in runs["q"].stderr

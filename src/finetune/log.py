@@ -16,6 +16,7 @@ stay silent unless the application configures "finetune".
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import warnings
@@ -34,6 +35,11 @@ NOISY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # TRL reads transformers' deprecated property; not the user's code
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
 )
+
+# Environment defaults for libraries that read them when first imported (`configure` runs before that):
+# transformers' and the hub's per-file bars ("Loading weights", "Writing model shards") repeat what
+# finetune's own notices say and turn into one garbled line in a log file. A value the user set wins.
+QUIET_ENV: dict[str, str] = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 class _StderrHandler(logging.Handler):
@@ -107,4 +113,7 @@ def configure(*, rank: int = 0, verbose: bool = False) -> logging.Logger:
             noisy.addFilter(DropMatching(pattern))
     for category, pattern in NOISY_WARNINGS:
         warnings.filterwarnings("default" if verbose else "ignore", message=pattern, category=category)
+    if not verbose:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)  # the process edge: inherited by torchrun's workers too
     return logger

@@ -16,7 +16,6 @@ Output: `output_dir/gguf/<output_dir name>-<quant>.gguf` and `output_dir/gguf/Mo
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
@@ -28,7 +27,8 @@ from finetune.errors import FinetuneError, MissingDependencyError
 from finetune.export.gguf_llama import PYTHON_TYPES, ExportError, check_architecture, read_vocab, write_gguf
 # The one place export reads a finished run (its directory, base, merge, tokenizer's end-of-turn tokens) from.
 from finetune.merge import merge_adapter
-from finetune.rundir import END_OF_TURN_MARKERS, base_model_dir, resolve_adapter_dir, stop_token_ids
+from finetune.rundir import (END_OF_TURN_MARKERS, base_model_dir, read_json, resolve_adapter_dir, stop_token_ids,
+                             verify_weights)
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ def _full_model_dir(settings: Settings, adapter_dir: str | Path | None) -> Path:
     path = Path(adapter_dir if adapter_dir is not None else settings.output_dir)
     if not (path / "config.json").is_file():
         raise ExportError(f"no trained model in {path} (config.json missing): run `finetune train` first")
+    verify_weights(path)  # a cut-short or missing shard is an error naming the file, not a traceback later
     return path
 
 
@@ -137,7 +138,7 @@ def _read_config(model_dir: Path) -> dict:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise ExportError(f"{path} is missing")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)
 
 
 def _vocab(model_dir: Path, run_dir: Path) -> tuple[Any, list[str], Optional[str]]:
