@@ -31,6 +31,8 @@ EXTRA_VALUES: dict[str, list[Any]] = {
     "lora_target_modules": [["q_proj"]],
     "lora_modules_to_save": [["lm_head"]],
     "lora_model_dir": ["<an adapter dir>"],
+    "dedup_threshold": [0.5],
+    "dedup_ngram": [2],
 }
 COMPANIONS: dict[str, dict[str, Any]] = {
     "load_in_4bit": {"adapter": "qlora"},
@@ -42,6 +44,8 @@ COMPANIONS: dict[str, dict[str, Any]] = {
     "lora_model_dir": {"adapter": "lora"},
     "lora_target_modules": {"adapter": "lora"},
     "chat_template_jinja": {"chat_template": "jinja"},
+    "dedup_threshold": {"dedup": "near"},
+    "dedup_ngram": {"dedup": "near"},
 }
 SECTIONS = {"datasets", "special_tokens"}  # their fields are all marked; test_cache_fields changes each
 
