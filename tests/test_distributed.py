@@ -124,10 +124,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(train_recipe, torch_extens
     out = _output_dir(recipe)
     process = subprocess.Popen([sys.executable, "-m", "finetune", "train", str(recipe)], env=_env(torch_extensions_dir),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Training has started once the first trainer state exists in memory; the first logged step shows on stdout.
+    # Training has started once the first progress line (step 10 of 200, not a terminal) shows on stderr.
     line = ""
-    while "'loss'" not in line:
-        line = process.stdout.readline()
+    while "finetune: step " not in line:
+        line = process.stderr.readline()
         if not line and process.poll() is not None:
             pytest.fail(f"training ended before its first step:\n{process.stderr.read()[-4000:]}")
     process.send_signal(signal.SIGTERM)
@@ -185,8 +185,8 @@ def test_sigterm_under_the_users_own_launcher_exits_143_on_every_rank(train_reci
     ]
     try:
         line = ""
-        while "'loss'" not in line:  # rank 0 logs the first step
-            line = processes[0].stdout.readline()
+        while "finetune: step " not in line:  # rank 0's first progress line
+            line = processes[0].stderr.readline()
             if not line and processes[0].poll() is not None:
                 pytest.fail(f"training ended before its first step:\n{processes[0].stderr.read()[-4000:]}")
         for process in processes:
@@ -214,8 +214,8 @@ def test_sigterm_to_the_workers_of_the_users_own_torchrun_fails_the_job(train_re
                                text=True)
     try:
         line = ""
-        while "'loss'" not in line:  # rank 0 logs the first step
-            line = process.stdout.readline()
+        while "finetune: step " not in line:  # rank 0's first progress line
+            line = process.stderr.readline()
             if not line and process.poll() is not None:
                 pytest.fail(f"training ended before its first step:\n{process.stderr.read()[-4000:]}")
         workers = psutil.Process(process.pid).children()
