@@ -13,6 +13,7 @@ import typing
 import pytest
 from pydantic import BaseModel
 
+from finetune.config.describe import section_model
 from finetune.config.settings import DatasetSettings, Settings, SpecialTokens, affects_data
 from finetune.data import cache
 from finetune.data.build import prepare_data
@@ -75,22 +76,11 @@ PERTURB = {
 }
 
 
-def _section(annotation: typing.Any) -> type[BaseModel] | None:
-    """The settings section a field holds (directly or as a list), else None."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _section(arg)
-        if found is not None:
-            return found
-    return None
-
-
 def leaf_fields(model: type[BaseModel] = Settings, prefix: str = "") -> dict[str, tuple[type[BaseModel], str]]:
     """Dotted name -> (section, field name) for every non-section field reachable from `model`."""
     out: dict[str, tuple[type[BaseModel], str]] = {}
     for name, field in model.model_fields.items():
-        section = _section(field.annotation)
+        section = section_model(field.annotation)
         if section is not None:
             out.update(leaf_fields(section, f"{prefix}{name}."))
         else:

@@ -124,7 +124,7 @@ def key_reference() -> list[tuple[str, str, str, str]]:
 def _collect(model: type[BaseModel], prefix: str, rows: list) -> None:
     for name, info in model.model_fields.items():
         annotation = info.annotation
-        nested = _nested_model(annotation)
+        nested = section_model(annotation)
         meaning = (info.description or "") + (" " + DATA_NOTE if affects_data(info) else "")
         rows.append((prefix + name, _type_name(annotation), _default(info), meaning))
         if nested is not None:
@@ -132,11 +132,12 @@ def _collect(model: type[BaseModel], prefix: str, rows: list) -> None:
             _collect(nested, sub_prefix, rows)
 
 
-def _nested_model(annotation: Any) -> type[BaseModel] | None:
+def section_model(annotation: Any) -> type[BaseModel] | None:
+    """The settings section a field holds (directly, optionally or as a list), else None."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        found = _nested_model(arg)
+        found = section_model(arg)
         if found is not None:
             return found
     return None
