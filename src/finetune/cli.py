@@ -97,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf", required=True, metavar="QUANT",
                    help="f32, f16, bf16, q8_0, q4_0, or (with llama-cpp-python) q4_k_m, q5_k_m, q6_k")
     p.add_argument("--adapter", default=None, metavar="DIR", help="adapter directory (default: output_dir)")
+    p.add_argument("--adapter-only", action="store_true",
+                   help="write only the LoRA adapter as a llama.cpp GGUF adapter (f32, f16, bf16, q8_0), "
+                        "to use with `--lora` on a base GGUF or an Ollama ADAPTER line")
+    p.add_argument("--base-gguf", default=None, metavar="FILE",
+                   help="with --adapter-only: the base model's GGUF, for a Modelfile that stacks the adapter on it")
 
     p = command("evaluate", _evaluate, "eval loss and perplexity of the base and the fine-tuned model")
     p.add_argument("--adapter", default=None, metavar="DIR", help="adapter directory (default: output_dir)")
@@ -228,8 +233,17 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from finetune.export.command import export_gguf
+    from finetune.export.lora import export_lora_gguf
 
-    print(f"gguf: {export_gguf(_load(args).settings, args.gguf, adapter_dir=args.adapter)}")
+    if args.base_gguf is not None and not args.adapter_only:
+        print("error: --base-gguf goes with --adapter-only (a full export is its own base)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    settings = _load(args).settings
+    if args.adapter_only:
+        path = export_lora_gguf(settings, args.gguf, adapter_dir=args.adapter, base_gguf=args.base_gguf)
+    else:
+        path = export_gguf(settings, args.gguf, adapter_dir=args.adapter)
+    print(f"gguf: {path}")
     return EXIT_OK
 
 

@@ -78,7 +78,7 @@ def export_gguf(settings: Settings, quant: str, *, adapter_dir: str | Path | Non
         os.replace(tmp, final)
         from finetune.export.modelfile import modelfile_text
 
-        _write_text(out_dir / "Modelfile", modelfile_text(final.name, template, stop_tokens))
+        _write_text(out_dir / "Modelfile", modelfile_text(f"./{final.name}", template, stop_tokens))
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ExportError(f"no space left on the disk of {out_dir} while exporting {final.name} "

@@ -31,9 +31,9 @@ def go_template(jinja: Optional[str]) -> Optional[str]:
     return GO_TEMPLATES.get(jinja or "")
 
 
-def modelfile_text(gguf_name: str, jinja: Optional[str], stop_tokens: list[str]) -> str:
-    """The Modelfile for `gguf_name` (a file beside it)."""
-    lines = [f"FROM ./{gguf_name}"]
+def modelfile_text(source: str, jinja: Optional[str], stop_tokens: list[str], adapter: Optional[str] = None) -> str:
+    """The Modelfile of the model at `source` (FROM: a path, `./` for a file beside it), with `adapter` on top."""
+    lines = [f"FROM {source}"] + ([f"ADAPTER {adapter}"] if adapter is not None else [])
     template = go_template(jinja)
     if template is not None:
         lines.append(f'TEMPLATE """{template}"""')
