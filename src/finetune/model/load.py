@@ -156,7 +156,8 @@ def load_model(
     quant = quantization_config(settings, dtype=dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = _quantized_device_map(local_rank)
+        if not _zero3():  # ZeRO-3 refuses a device_map: loaded on the CPU, then partitioned (finetune.train.zero3)
+            kwargs["device_map"] = _quantized_device_map(local_rank)
     how = "quantized to 4-bit" if settings.load_in_4bit else "quantized to 8-bit" if settings.load_in_8bit else \
         str(kwargs["dtype"]).removeprefix("torch.")
     logger.info("loading the base model %s (%s)", settings.base_model, how)
@@ -261,6 +262,13 @@ def _quantized_device_map(local_rank: int) -> Any:
     if torch.cuda.is_available():
         return {"": local_rank}
     return {"": "cpu"}
+
+
+def _zero3() -> bool:
+    """Whether this process's trainer arguments ask for DeepSpeed ZeRO-3 (transformers' switch)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled())
 
 
 def _require_bitsandbytes(settings: Settings) -> None:

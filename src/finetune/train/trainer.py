@@ -13,11 +13,14 @@ Why a subclass (measured in scripts/bench_train.py, see docs/benchmarks.md):
 - Normalisation: summed log-loss / trained tokens of the whole accumulation window (transformers'
   `num_items_in_batch`, across processes), so micro batch 1 x accumulation 4 == micro batch 4 x 1.
 - TRL casts trainable parameters of a quantized base to bf16; they are put back to fp32 (see
-  `finetune.model.adapters.trainable_to_fp32`). DeepSpeed ZeRO-3 is not supported by this loss path.
+  `finetune.model.adapters.trainable_to_fp32`).
+- Under DeepSpeed ZeRO-3 the head's weight is partitioned: the loss runs as a module of the model tree that
+  DeepSpeed gathers the head for, in forward and backward (`finetune.train.zero3.TrainedTokenLoss`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -53,6 +56,11 @@ class FinetuneTrainer(SFTTrainer):
         self.pad_id = pad_id
         self._eval_sums: list[float] = [0.0, 0.0]  # trained-token NLL and count of the running evaluation
         trainable_to_fp32(self.model)
+        self.partitioned_loss = None
+        from finetune.train.zero3 import attach_loss, zero3_enabled
+
+        if zero3_enabled():
+            self.partitioned_loss = attach_loss(self.model, self.model.get_output_embeddings(), loss_head)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):  # noqa: ANN001
@@ -73,10 +81,8 @@ class FinetuneTrainer(SFTTrainer):
         outputs = model(**forward, use_cache=False, output_hidden_states=True, logits_to_keep=1)
         unwrapped = self.accelerator.unwrap_model(model)
         text_config = unwrapped.config.get_text_config()
-        nll, count = trained_token_nll(
-            outputs.hidden_states[-1], labels, unwrapped.get_output_embeddings(), text_config,
-            loss_head=self.loss_head,
-        )
+        loss_of = self.partitioned_loss or functools.partial(trained_token_nll, loss_head=self.loss_head)
+        nll, count = loss_of(outputs.hidden_states[-1], labels, unwrapped.get_output_embeddings(), text_config)
         denominator = count if num_items_in_batch is None else num_items_in_batch
         loss = nll / torch_clamp_min1(denominator)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
