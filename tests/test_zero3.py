@@ -110,3 +110,15 @@ def test_dora_on_a_4bit_base_under_zero3_is_refused_on_cpu_only():
     with pytest.raises(RecipeError, match=r"r.yml:6: DoRA on a 4-bit base under ZeRO-3 does not run on the CPU"):
         check_zero3(settings, cpu=True)
     check_zero3(settings, cpu=False)  # on a GPU peft's dequantization leaves the weight in place
+
+
+def test_finetune_train_refuses_cpu_dora_on_4bit_under_zero3_before_starting_processes(train_recipe, monkeypatch):
+    from finetune.errors import RecipeError
+    from finetune.train import launch
+
+    recipe = train_recipe("zero3-dora-nf4", **ZERO3)  # the fixture's NF4 + DoRA
+    for key in ("LOCAL_RANK", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(RecipeError, match=r"recipe.yml:\d+: DoRA on a 4-bit base under ZeRO-3 does not run on the CPU"):
+        launch.main_train(recipe, num_processes=2)
+    assert not (_output_dir(recipe)).exists()

@@ -53,6 +53,16 @@ def resolve_deepspeed(settings: Settings, *, bundled: Path | None = None) -> tup
     raise RecipeError(f"{where}: deepspeed `{settings.deepspeed}`: no such file (bundled configs: {known})")
 
 
+def zero_stage(path: Path | None) -> int:
+    """The ZeRO stage of a resolved DeepSpeed config (0 without one)."""
+    import json
+
+    if path is None:
+        return 0
+    config = json.loads(Path(path).read_text(encoding="utf-8"))
+    return int((config.get("zero_optimization") or {}).get("stage", 0)) if isinstance(config, dict) else 0
+
+
 def _supported(path: Path, settings: Settings) -> Path:
     """Reject configs the trainer cannot honour, before any process starts."""
     import json
