@@ -175,7 +175,7 @@ def load_model(
 
 
 def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, training: bool) -> None:
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = _full_shape(model.get_input_embeddings().weight)[0]
     wanted = len(tokenizer)
     saved = set(settings.lora_modules_to_save or ())
     if wanted > rows:
@@ -215,10 +215,16 @@ def _set_generation_ids(model: Any, tokenizer: Any) -> None:
         model.generation_config.pad_token_id = pad
 
 
+def _full_shape(param: Any) -> tuple[int, ...]:
+    """A parameter's shape, also when DeepSpeed ZeRO-3 has partitioned it (its data is then empty; `ds_shape` is the
+    full one)."""
+    return tuple(getattr(param, "ds_shape", None) or param.shape)
+
+
 def _module_numel(model: Any, name: str) -> int:
-    """Parameters of the modules whose last name component is `name` (e.g. embed_tokens)."""
+    """Parameters of the modules whose last name component is `name` (e.g. embed_tokens); full sizes under ZeRO-3."""
     return sum(
-        p.numel()
+        getattr(p, "ds_numel", None) or p.numel()
         for module_name, module in model.named_modules()
         if module_name.split(".")[-1] == name
         for p in module.parameters(recurse=True)

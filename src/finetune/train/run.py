@@ -90,13 +90,14 @@ def setup_model(settings: Settings, tokenizer: Any, *, local_rank: int = 0) -> t
     from finetune.model.adapters import apply_adapter
     from finetune.model.load import load_model, resolve_precision
 
-    from finetune.train.zero3 import check_zero3, partition_quantized, zero3_enabled
+    from finetune.train.zero3 import check_zero3, init_deepspeed_comm, partition_quantized, zero3_enabled
 
     set_seed(settings.seed)
     precision = resolve_precision(settings)
     zero3 = zero3_enabled()
     if zero3:
         check_zero3(settings, cpu=precision.cpu)
+        init_deepspeed_comm()
     model = load_model(settings, tokenizer, precision=precision, local_rank=local_rank)
     if settings.adapter:
         model = apply_adapter(settings, model)

@@ -54,13 +54,20 @@ def check_zero3(settings: Settings, *, cpu: bool) -> None:
         )
 
 
+def init_deepspeed_comm() -> None:
+    """Let DeepSpeed wrap the process group the worker set up, before anything partitions: its config reads the world
+    size from it (transformers' `zero.Init` while loading, `partition_quantized`)."""
+    import deepspeed
+
+    deepspeed.init_distributed()
+
+
 def partition_quantized(model: Any) -> None:
     """Partition an already-loaded (quantized) model across the processes, then move what ZeRO-3 leaves in place
     (buffers, 4-bit quantization constants) to this process's device. Called before the DeepSpeed engine is built."""
     import deepspeed
     from transformers.integrations import deepspeed_config
 
-    deepspeed.init_distributed()  # wraps the process group the worker set up; DeepSpeed's config reads its size
     deepspeed.zero.Init(module=model, config_dict_or_path=deepspeed_config())
     from deepspeed.accelerator import get_accelerator
 
