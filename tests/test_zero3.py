@@ -10,7 +10,6 @@ the 4-bit run uses LoRA and the DoRA run a non-quantized base.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -60,7 +59,7 @@ def test_zero3_dora_with_trained_lm_head_matches_one_process(train_recipe, torch
 
 @pytest.mark.slow
 def test_zero3_kill_9_then_rerun_resumes_to_the_same_adapter(train_recipe, torch_extensions_dir):
-    keys = dict(max_steps=6, save_steps=1, lora_dropout=0.2, peft_use_dora=False, **ZERO3, **HEAD)
+    keys = dict(max_steps=12, save_steps=1, save_total_limit=3, lora_dropout=0.2, peft_use_dora=False, **ZERO3, **HEAD)
     reference = train_recipe("zero3-uninterrupted", **keys)
     killed = train_recipe("zero3-killed", **keys)
     env = _env(torch_extensions_dir)
@@ -68,17 +67,21 @@ def test_zero3_kill_9_then_rerun_resumes_to_the_same_adapter(train_recipe, torch
 
     out = _output_dir(killed)
     process = subprocess.Popen([sys.executable, "-m", "finetune", "train", str(killed), "--num-processes", "2"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _wait_for(lambda: (out / "checkpoint-3" / "trainer_state.json").is_file(), process, 400, "checkpoint-3")
-    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers, at once
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (out / "checkpoint-2" / "trainer_state.json").is_file(), process, 400, "checkpoint-2")
+    import psutil
+
+    everything = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    for member in everything:  # torchrun's workers sit in their own sessions: kill the launcher, torchrun and both
+        member.send_signal(signal.SIGKILL)
     process.communicate()
     assert not (out / "run_summary.json").exists(), "the run finished before it could be killed"
 
     done = _train(killed, "--num-processes", "2", env=env)
     assert "resuming from" in done.stderr
-    assert json.loads((out / "run_summary.json").read_text())["steps"] == 6
-    assert _step_losses(out / "checkpoint-6") == pytest.approx(
-        _step_losses(_output_dir(reference) / "checkpoint-6"), rel=1e-5)
+    assert json.loads((out / "run_summary.json").read_text())["steps"] == 12
+    assert _step_losses(out / "checkpoint-12") == pytest.approx(
+        _step_losses(_output_dir(reference) / "checkpoint-12"), rel=1e-5)
     _assert_same_adapter(_adapter(_output_dir(reference)), _adapter(out), atol=1e-6)
 
 

@@ -21,7 +21,6 @@ Why a subclass (measured in scripts/bench_train.py, see docs/benchmarks.md):
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -83,8 +82,12 @@ class FinetuneTrainer(SFTTrainer):
         outputs = model(**forward, use_cache=False, output_hidden_states=True, logits_to_keep=1)
         unwrapped = self.accelerator.unwrap_model(model)
         text_config = unwrapped.config.get_text_config()
-        loss_of = self.partitioned_loss or functools.partial(trained_token_nll, loss_head=self.loss_head)
-        nll, count = loss_of(outputs.hidden_states[-1], labels, unwrapped.get_output_embeddings(), text_config)
+        head = unwrapped.get_output_embeddings()
+        if self.partitioned_loss is not None:  # ZeRO-3: a module call, so DeepSpeed gathers the head
+            nll, count = self.partitioned_loss(outputs.hidden_states[-1], labels, head, text_config)
+        else:
+            nll, count = trained_token_nll(outputs.hidden_states[-1], labels, head, text_config,
+                                           loss_head=self.loss_head)
         denominator = count if num_items_in_batch is None else num_items_in_batch
         loss = nll / torch_clamp_min1(denominator)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
