@@ -34,10 +34,9 @@ def _settings(deepspeed: str):
     return load_recipe_text(RECIPE, [f"deepspeed={deepspeed}"]).settings
 
 
-@pytest.mark.parametrize("deepspeed", ["/path/to/deepspeed_configs/zero3.json", "/nowhere/my_zero2.json"])
+@pytest.mark.parametrize("deepspeed", ["/path/to/deepspeed_configs/my_zero3.json", "/nowhere/my_zero2.json"])
 def test_plan_never_guesses_the_zero_stage_from_a_file_name(deepspeed: str) -> None:
-    # zero3.json is refused by `train` (ZeRO-3 unsupported); a missing custom file is an error there too.
-    # `plan` used to say "fits" with the stage read off the name.
+    # a missing custom file is an error for `train`; `plan` used to say "fits" with the stage read off the name.
     with pytest.raises(RecipeError, match="deepspeed"):
         plan_memory(_settings(deepspeed), world_size=2)
 

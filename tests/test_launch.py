@@ -143,12 +143,12 @@ def test_bundled_configs_leave_batch_and_precision_to_the_trainer(name):
     assert offload == name.endswith("_offload.json")  # plain zero2 keeps the optimizer on the GPU
 
 
-def test_zero3_is_refused_with_the_recipe_line(tmp_path):
+def test_zero3_is_accepted_and_resolves_to_the_bundled_config():
     from finetune.config import load_recipe_text
-    from finetune.errors import RecipeError
 
-    settings = load_recipe_text(
-        "base_model: m\ndatasets:\n  - path: d.jsonl\ndeepspeed: /path/to/deepspeed_configs/zero3.json\n", file="r.yml"
-    ).settings
-    with pytest.raises(RecipeError, match=r"r.yml:4: ZeRO-3 \(zero3.json\) is not supported yet"):
-        resolve_deepspeed(settings)
+    for name in ("zero3.json", "zero3_offload.json"):
+        settings = load_recipe_text(
+            f"base_model: m\ndatasets:\n  - path: d.jsonl\ndeepspeed: /path/to/deepspeed_configs/{name}\n", file="r.yml"
+        ).settings
+        path, notice = resolve_deepspeed(settings)
+        assert path == (bundled_deepspeed_dir() / name).resolve() and "bundled" in notice

@@ -1,8 +1,8 @@
 """DeepSpeed config resolution, shared by `finetune plan` and `finetune train`.
 
 A recipe's `deepspeed:` path is used as is when it exists; a missing path whose file name is a bundled
-config resolves to ours (with a notice); anything else is a RecipeError at the recipe line. ZeRO-3 is
-refused here, before any process starts.
+config resolves to ours (with a notice); anything else is a RecipeError at the recipe line. What ZeRO-3 cannot
+train (an 8-bit base) is refused here, before any process starts (see finetune.train.zero3).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from finetune.config.settings import Settings
 from finetune.errors import RecipeError
 
-BUNDLED_DEEPSPEED = ("zero1.json", "zero2.json", "zero2_offload.json", "zero3.json")
+BUNDLED_DEEPSPEED = ("zero1.json", "zero2.json", "zero2_offload.json", "zero3.json", "zero3_offload.json")
 
 
 def bundled_deepspeed_dir() -> Path:
@@ -42,29 +42,40 @@ def resolve_deepspeed(settings: Settings, *, bundled: Path | None = None) -> tup
     given = Path(settings.deepspeed).expanduser()
     where = settings.where("deepspeed")
     if given.is_file():
-        return _supported(given.resolve(), where), None
+        return _supported(given.resolve(), settings), None
     if given.exists():
         raise RecipeError(f"{where}: deepspeed `{settings.deepspeed}` is not a file; expected a DeepSpeed JSON config")
     directory = bundled or bundled_deepspeed_dir()
     if given.name in BUNDLED_DEEPSPEED and (directory / given.name).is_file():
-        path = _supported((directory / given.name).resolve(), where)
+        path = _supported((directory / given.name).resolve(), settings)
         return path, f"{where}: deepspeed `{settings.deepspeed}` does not exist; using the bundled {path}"
     known = ", ".join(BUNDLED_DEEPSPEED)
     raise RecipeError(f"{where}: deepspeed `{settings.deepspeed}`: no such file (bundled configs: {known})")
 
 
-def _supported(path: Path, where: str) -> Path:
+def zero_stage(path: Path | None) -> int:
+    """The ZeRO stage of a resolved DeepSpeed config (0 without one)."""
+    import json
+
+    if path is None:
+        return 0
+    config = json.loads(Path(path).read_text(encoding="utf-8"))
+    return int((config.get("zero_optimization") or {}).get("stage", 0)) if isinstance(config, dict) else 0
+
+
+def _supported(path: Path, settings: Settings) -> Path:
     """Reject configs the trainer cannot honour, before any process starts."""
     import json
 
+    where = settings.where("deepspeed")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RecipeError(f"{where}: deepspeed `{path}` is not valid JSON ({exc})") from None
     stage = config.get("zero_optimization", {}).get("stage", 0) if isinstance(config, dict) else 0
-    if stage == 3:
+    if stage == 3 and settings.load_in_8bit:
         raise RecipeError(
-            f"{where}: ZeRO-3 ({path.name}) is not supported yet: finetune's trained-token loss reads the "
-            "full lm_head, which ZeRO-3 partitions; use zero2.json (or zero2_offload.json for less memory)"
+            f"{settings.where('load_in_8bit')}: ZeRO-3 ({path.name}) cannot partition an 8-bit base (bitsandbytes "
+            "keeps its scales on the parameter object); use load_in_4bit: true, or zero2.json"
         )
     return path

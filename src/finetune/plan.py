@@ -11,7 +11,8 @@ cache, else built-in Llama 3.1 8B / 70B shapes). It mirrors what finetune's trai
 - every trainable tensor (LoRA A/B, DoRA magnitudes, modules_to_save copies) in fp32, gradients in fp32 too.
   Under DeepSpeed with bf16/fp16 the engine casts every float parameter to bf16/fp16 and keeps fp32 master
   weights for its partition; gradients accumulate in bf16 (DeepSpeed's grad_accum_dtype default with ZeRO).
-- ZeRO-1 partitions optimizer states (+ fp32 master weights); ZeRO-2 also gradients; ZeRO-3 also parameters.
+- ZeRO-1 partitions optimizer states (+ fp32 master weights); ZeRO-2 also gradients; ZeRO-3 also parameters
+  (modelled in finetune.plan_zero3, with the host RAM that CPU offload needs).
   With contiguous_gradients (DeepSpeed's default) every process allocates reduce_bucket_size-element gradient
   buckets, two of them with overlap_comm (deepspeed/runtime/zero/stage_1_and_2.py `setup_buckets`).
 - activations under gradient checkpointing: every layer's input is kept, one layer is recomputed at a time.
@@ -70,6 +71,8 @@ class Suggestion:
     peak_bytes: int  # estimate with this change alone
     cumulative_bytes: int  # with this and every suggestion above it
     fits: bool  # with this change alone
+    cumulative_fits: bool = False  # this and every suggestion above it make a fitting setup
+    cumulative_host_bytes: int = 0  # host RAM that setup needs (ZeRO-3 offload, loading)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,12 @@ class MemoryPlan:
     counts: dict[str, int]
     notes: tuple[str, ...] = ()
     suggestions: tuple[Suggestion, ...] = ()
+    host_items: tuple[Item, ...] = ()  # CPU RAM per machine (ZeRO-3 offload and loading); phase 'host' or 'load'
+
+    @property
+    def host_bytes(self) -> int:
+        """Host RAM the run needs on a machine: the larger of loading and training (offloaded state)."""
+        return max((sum(i.bytes for i in self.host_items if i.phase == p) for p in ("host", "load")), default=0)
 
     def phase_bytes(self, phase: str) -> int:
         return sum(i.bytes for i in self.items if i.phase == phase)
@@ -110,6 +119,11 @@ class ZeroConfig:
     reduce_bucket_size: int = DS_DEFAULT_BUCKET
     offload_optimizer: bool = False
     note: str = ""
+    # ZeRO-3 only (DeepSpeed's defaults; transformers fills "auto" from the hidden size)
+    offload_param: bool = False
+    prefetch_bucket_size: int = 50_000_000
+    persistence_threshold: int = 100_000
+    max_live_parameters: int = 1_000_000_000
 
 
 def zero_config(settings: Settings, hidden_size: int, path: Path | None = None) -> ZeroConfig:
@@ -126,8 +140,18 @@ def zero_config(settings: Settings, hidden_size: int, path: Path | None = None) 
     bucket = data.get("reduce_bucket_size", DS_DEFAULT_BUCKET)
     bucket = hidden_size * hidden_size if bucket == "auto" else int(float(bucket))  # transformers fills "auto" so
     offload = (data.get("offload_optimizer") or {}).get("device", "none") not in ("none", None)
+    offload_param = (data.get("offload_param") or {}).get("device", "none") not in ("none", None)
+
+    def count(key: str, default: int, auto: int) -> int:
+        value = data.get(key, default)
+        return auto if value == "auto" else int(float(value))
+
     return ZeroConfig(stage, str(path), bool(data.get("overlap_comm", stage == 3)),
-                      bool(data.get("contiguous_gradients", True)), bucket, offload)
+                      bool(data.get("contiguous_gradients", True)), bucket, offload,
+                      offload_param=offload_param,
+                      prefetch_bucket_size=count("stage3_prefetch_bucket_size", 50_000_000, int(0.9 * hidden_size**2)),
+                      persistence_threshold=count("stage3_param_persistence_threshold", 100_000, 10 * hidden_size),
+                      max_live_parameters=count("stage3_max_live_parameters", 1_000_000_000, 1_000_000_000))
 
 
 def plan_memory(settings: Settings, *, world_size: int, gpu_memory_bytes: int = 24 * GIB,
@@ -205,24 +229,47 @@ def _estimate(s: Settings, world: int, budget: int, sh: ModelShapes, zero: ZeroC
         norm_bytes = 4 if (s.load_in_4bit or s.load_in_8bit) and not (ds and half) else a
         items.append(Item("base weights: embeddings, lm_head, norms", (rest - norms) * a + norms * norm_bytes,
                           note="not quantized; finetune does not upcast embed/lm_head (peft's kbit prep would)"))
-    if zero.stage == 3:
-        shard = sum(i.bytes for i in items if i.name.startswith("base weights"))
-        items = [i for i in items if not i.name.startswith("base weights")]
-        items.append(Item("base weights (ZeRO-3 shard)", shard // n, note="partitioned across processes"))
-        items.append(Item("ZeRO-3 gathered layer", max(shard - (rest * a), 0) // L, "fwd/bwd", "one layer all-gathered"))
     del base
 
     # -- trainable params, gradients, optimizer ------------------------------------------------------------------
+    host: list[Item] = []
+    if zero.stage == 3:
+        from finetune.plan_zero3 import zero3_items
+
+        items = [i for i in items if not i.name.startswith("base weights")]
+        gpu3, host, notes3 = zero3_items(s, sh, zero, n, a, half, tensors)
+        items += gpu3
+        notes += notes3
+    else:
+        items += _trainable_items(s, zero, n, ds, half, trainable, tensors, counts)
+    p_bytes = 2 if ds and half else 4
+
+    # -- activations ---------------------------------------------------------------------------------------------
+    items += _activations(s, sh, a, ds and half, adapted, p_bytes, n, loss_head, notes)
+
+    # -- overheads -----------------------------------------------------------------------------------------------
+    allocated = sum(i.bytes for i in items if i.phase == "always") + _transient_peak(items)
+    items.append(Item("allocator fragmentation", int(FRAGMENTATION * allocated), note=f"{FRAGMENTATION:.0%} of allocated"))
+    items.append(Item("CUDA context + cuBLAS workspace", CUDA_CONTEXT, note="outside max_memory_allocated"))
+    if n > 1:
+        items.append(Item("NCCL communication buffers", NCCL_BUFFERS, note="per process"))
+    return MemoryPlan(sh, n, budget, zero.stage, zero.path, tuple(items), counts, tuple(notes),
+                      host_items=tuple(host))
+
+
+def _trainable_items(s: Settings, zero: ZeroConfig, n: int, ds: bool, half: bool, trainable: int, tensors: list[int],
+                     counts: dict[str, int]) -> list[Item]:
+    """Trainable params, gradients and optimizer states without ZeRO-3 (DDP, ZeRO-1, ZeRO-2)."""
+    items: list[Item] = []
     if ds and half:  # the engine casts parameters to bf16/fp16, keeps fp32 master weights for its partition
-        p_bytes, g_bytes = 2, 2
-        shard3 = n if zero.stage == 3 else 1
-        items.append(Item("trainable params (bf16 in the DeepSpeed engine)", trainable * 2 // shard3,
+        g_bytes = 2
+        items.append(Item("trainable params (bf16 in the DeepSpeed engine)", trainable * 2,
                           note=_split(counts)))
         if not zero.offload_optimizer:
             items.append(Item("DeepSpeed fp32 master weights (partition)", math.ceil(trainable / n) * 4,
                               note=f"4 B x trainable / {n}"))
     else:
-        p_bytes, g_bytes = 4, 4
+        g_bytes = 4
         items.append(Item("trainable params (fp32)", trainable * 4, note=_split(counts)))
     if zero.stage >= 2:
         items.append(Item("gradients (partition, ZeRO-2)", math.ceil(trainable / n) * g_bytes, note=f"/ {n} processes"))
@@ -251,17 +298,7 @@ def _estimate(s: Settings, world: int, budget: int, sh: ModelShapes, zero: ZeroC
     if s.optimizer == "adamw_torch":
         items.append(Item("optimizer step temporaries", math.ceil(trainable / (n if ds else 1)) * 4, "step",
                           "foreach AdamW: sqrt(exp_avg_sq) copy"))
-
-    # -- activations ---------------------------------------------------------------------------------------------
-    items += _activations(s, sh, a, ds and half, adapted, p_bytes, n, loss_head, notes)
-
-    # -- overheads -----------------------------------------------------------------------------------------------
-    allocated = sum(i.bytes for i in items if i.phase == "always") + _transient_peak(items)
-    items.append(Item("allocator fragmentation", int(FRAGMENTATION * allocated), note=f"{FRAGMENTATION:.0%} of allocated"))
-    items.append(Item("CUDA context + cuBLAS workspace", CUDA_CONTEXT, note="outside max_memory_allocated"))
-    if n > 1:
-        items.append(Item("NCCL communication buffers", NCCL_BUFFERS, note="per process"))
-    return MemoryPlan(sh, n, budget, zero.stage, zero.path, tuple(items), counts, tuple(notes))
+    return items
 
 
 def _transient_peak(items: Any) -> int:
@@ -376,8 +413,18 @@ def _suggestions(s: Settings, plan: MemoryPlan, zero: ZeroConfig, loss_head: str
         steps.append((f"micro_batch_size: {mbs}, gradient_accumulation_steps: {s.gradient_accumulation_steps * 2} "
                       "(same effective batch)", {"micro_batch_size": mbs,
                                                   "gradient_accumulation_steps": s.gradient_accumulation_steps * 2}, None))
-    if s.sequence_len > 512:
-        steps.append((f"sequence_len: {s.sequence_len // 2}", {"sequence_len": s.sequence_len // 2}, None))
+    if zero.stage < 3 and plan.world_size > 1 and not s.load_in_8bit:
+        zero3 = zero_config(s, plan.shapes.hidden_size, bundled_deepspeed_dir() / "zero3.json")
+        steps.append(("deepspeed: zero3.json (partitions the base model across the GPUs too)",
+                      {"deepspeed": "zero3.json"}, zero3))
+    if plan.world_size > 1 and not s.load_in_8bit and not (zero.offload_param and zero.offload_optimizer):
+        offload = zero_config(s, plan.shapes.hidden_size, bundled_deepspeed_dir() / "zero3_offload.json")
+        steps.append(("deepspeed: zero3_offload.json (parameters and optimizer in CPU RAM; slower steps)",
+                      {"deepspeed": "zero3_offload.json"}, offload))
+    length = s.sequence_len
+    while length > 512:
+        length //= 2
+        steps.append((f"sequence_len: {length}", {"sequence_len": length}, None))
     out: list[Suggestion] = []
     cumulative, cum_zero = {}, zero
     for change, update, new_zero in steps:
@@ -387,7 +434,8 @@ def _suggestions(s: Settings, plan: MemoryPlan, zero: ZeroConfig, loss_head: str
         cum_zero = new_zero or cum_zero
         together = _estimate(s.model_copy(update=cumulative), plan.world_size, plan.gpu_memory_bytes, plan.shapes,
                              cum_zero, loss_head)
-        out.append(Suggestion(change, alone.peak_bytes, together.peak_bytes, alone.fits))
+        out.append(Suggestion(change, alone.peak_bytes, together.peak_bytes, alone.fits, together.fits,
+                              together.host_bytes))
     return out
 
 
@@ -428,6 +476,11 @@ def format_plan(plan: MemoryPlan) -> str:
     verdict = (f"fits in {budget / GIB:.1f} GiB ({(budget - peak) / GIB:.1f} GiB to spare)" if plan.fits
                else f"does NOT fit in {budget / GIB:.1f} GiB ({(peak - budget) / GIB:.1f} GiB over)")
     lines.append(f"verdict: {verdict}; an estimate (+-15%), not a guarantee")
+    for item in plan.host_items:
+        lines.append(f"{'host' if item.phase == 'host' else 'host ' + item.phase:<8} {item.name:<52} "
+                     f"{_gib(item.bytes)}  {item.note}")
+    if plan.host_items:
+        lines.append(f"{'':<8} {'host RAM needed on the machine (max of load, training)':<52} {_gib(plan.host_bytes)}")
     lines += [f"note: {note}" for note in plan.notes]
     if plan.suggestions:
         lines.append("to make it fit (cheapest first):")
@@ -435,6 +488,14 @@ def format_plan(plan: MemoryPlan) -> str:
             mark = "fits" if sug.fits else "still over"
             lines.append(f"  {number}. {sug.change}: {sug.peak_bytes / GIB:.1f} GiB alone ({mark}), "
                          f"{sug.cumulative_bytes / GIB:.1f} GiB with the above")
+        first = next((i for i, sug in enumerate(plan.suggestions) if sug.cumulative_fits), None)
+        if first is not None:
+            sug = plan.suggestions[first]
+            host = f", {sug.cumulative_host_bytes / GIB:.1f} GiB host RAM" if sug.cumulative_host_bytes else ""
+            lines.append(f"a fitting setup: changes 1-{first + 1} together ({sug.cumulative_bytes / GIB:.1f} GiB per "
+                         f"GPU{host})")
+        else:
+            lines.append("no fitting setup among these changes: more GPUs, or GPUs with more memory")
     return "\n".join(lines)
 
 

@@ -156,7 +156,8 @@ def load_model(
     quant = quantization_config(settings, dtype=dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = _quantized_device_map(local_rank)
+        if not _zero3():  # ZeRO-3 refuses a device_map: loaded on the CPU, then partitioned (finetune.train.zero3)
+            kwargs["device_map"] = _quantized_device_map(local_rank)
     how = "quantized to 4-bit" if settings.load_in_4bit else "quantized to 8-bit" if settings.load_in_8bit else \
         str(kwargs["dtype"]).removeprefix("torch.")
     logger.info("loading the base model %s (%s)", settings.base_model, how)
@@ -174,7 +175,7 @@ def load_model(
 
 
 def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, training: bool) -> None:
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = _full_shape(model.get_input_embeddings().weight)[0]
     wanted = len(tokenizer)
     saved = set(settings.lora_modules_to_save or ())
     if wanted > rows:
@@ -214,10 +215,16 @@ def _set_generation_ids(model: Any, tokenizer: Any) -> None:
         model.generation_config.pad_token_id = pad
 
 
+def _full_shape(param: Any) -> tuple[int, ...]:
+    """A parameter's shape, also when DeepSpeed ZeRO-3 has partitioned it (its data is then empty; `ds_shape` is the
+    full one)."""
+    return tuple(getattr(param, "ds_shape", None) or param.shape)
+
+
 def _module_numel(model: Any, name: str) -> int:
-    """Parameters of the modules whose last name component is `name` (e.g. embed_tokens)."""
+    """Parameters of the modules whose last name component is `name` (e.g. embed_tokens); full sizes under ZeRO-3."""
     return sum(
-        p.numel()
+        getattr(p, "ds_numel", None) or p.numel()
         for module_name, module in model.named_modules()
         if module_name.split(".")[-1] == name
         for p in module.parameters(recurse=True)
@@ -261,6 +268,13 @@ def _quantized_device_map(local_rank: int) -> Any:
     if torch.cuda.is_available():
         return {"": local_rank}
     return {"": "cpu"}
+
+
+def _zero3() -> bool:
+    """Whether this process's trainer arguments ask for DeepSpeed ZeRO-3 (transformers' switch)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled())
 
 
 def _require_bitsandbytes(settings: Settings) -> None:

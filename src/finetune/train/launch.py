@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from finetune.config.settings import Settings
-from finetune.deepspeed_config import resolve_deepspeed
+from finetune.deepspeed_config import resolve_deepspeed, zero_stage
 from finetune.errors import FinetuneError
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def main_train(
     from finetune.data.readers import check_dataset_paths
 
     check_dataset_paths(settings.datasets)  # fail before starting anything
-    _, ds_notice = resolve_deepspeed(settings)  # workers resolve again
+    ds_path, ds_notice = resolve_deepspeed(settings)  # workers resolve again
     launched = in_launched_process(os.environ)
     plan = resilience.plan_output_dir(
         Path(settings.output_dir), resume=resume, overwrite=overwrite,
@@ -175,6 +175,10 @@ def main_train(
     if launched:
         return worker.main(args)
     gpus = visible_cuda_devices()
+    if zero_stage(ds_path) == 3:
+        from finetune.train.zero3 import check_zero3
+
+        check_zero3(settings, cpu=not gpus)  # before any process starts
     nproc = decide_num_processes(num_processes, gpus)
     if gpus:
         print_memory_plan(settings, world_size=nproc * nnodes)

@@ -65,15 +65,17 @@ def run_training(
     template = chat_template_source(settings, tokenizer)
     if len(prepared.train) == 0:
         raise FinetuneError("the prepared training split is empty; nothing to train")
+    from finetune.model.load import resolve_precision
+
+    precision = resolve_precision(settings)
+    # The arguments first: under ZeRO-3 they tell transformers to load the model partitioned (finetune.train.zero3).
+    args = trainer_arguments(settings, prepared, precision=precision, world_size=world_size, output_dir=output_dir)
     model, precision = setup_model(settings, tokenizer, local_rank=local_rank)
     counter = TokenCounter()
     own = summary_callbacks(counter, output_dir)
     # sealed first, before the signal stop raises
     all_callbacks = [seal_checkpoints_callback(), *own, progress_callback(lambda: counter.tokens), *callbacks]
-    trainer = build(
-        settings, model, tokenizer, prepared, precision=precision, world_size=world_size,
-        output_dir=output_dir, counter=counter, callbacks=all_callbacks,
-    )
+    trainer = build(settings, model, tokenizer, prepared, args=args, counter=counter, callbacks=all_callbacks)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.yml").write_text(resolved_recipe_yaml(settings), encoding="utf-8")
@@ -88,12 +90,33 @@ def setup_model(settings: Settings, tokenizer: Any, *, local_rank: int = 0) -> t
     from finetune.model.adapters import apply_adapter
     from finetune.model.load import load_model, resolve_precision
 
+    from finetune.train.zero3 import check_zero3, init_deepspeed_comm, partition_quantized, zero3_enabled
+
     set_seed(settings.seed)
     precision = resolve_precision(settings)
+    zero3 = zero3_enabled()
+    if zero3:
+        check_zero3(settings, cpu=precision.cpu)
+        init_deepspeed_comm()
     model = load_model(settings, tokenizer, precision=precision, local_rank=local_rank)
     if settings.adapter:
         model = apply_adapter(settings, model)
+    if zero3 and (settings.load_in_4bit or settings.load_in_8bit):
+        partition_quantized(model)
     return model, precision
+
+
+def trainer_arguments(settings: Settings, prepared: Any, *, precision: Any, world_size: int, output_dir: Path) -> Any:
+    """TRL's SFTConfig for this run (the step arithmetic needs the prepared row count)."""
+    from finetune.train.args import sft_config, steps_per_epoch
+
+    per_epoch = steps_per_epoch(
+        len(prepared.train),
+        micro_batch_size=settings.micro_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        world_size=world_size,
+    )
+    return sft_config(settings, steps_per_epoch=per_epoch, output_dir=str(output_dir), precision=precision)
 
 
 def build(
@@ -102,24 +125,14 @@ def build(
     tokenizer: Any,
     prepared: Any,
     *,
-    precision: Any,
-    world_size: int,
-    output_dir: Path,
+    args: Any,
     counter: Any,
     callbacks: Sequence[Any],
 ) -> Any:
-    """The trainer: training arguments from the recipe, the collator, the prepared splits."""
+    """The trainer: the training arguments, the collator, the prepared splits."""
     from finetune.data.collate import make_collator
-    from finetune.train.args import sft_config, steps_per_epoch
     from finetune.train.trainer import build_trainer
 
-    per_epoch = steps_per_epoch(
-        len(prepared.train),
-        micro_batch_size=settings.micro_batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        world_size=world_size,
-    )
-    args = sft_config(settings, steps_per_epoch=per_epoch, output_dir=str(output_dir), precision=precision)
     return build_trainer(
         settings,
         model,

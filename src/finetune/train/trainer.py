@@ -12,12 +12,15 @@ Why a subclass (measured in scripts/bench_train.py, see docs/benchmarks.md):
   The forward still goes through the (possibly DDP-wrapped) model: `logits_to_keep=1`.
 - Normalisation: summed log-loss / trained tokens of the whole accumulation window (transformers'
   `num_items_in_batch`, across processes), so micro batch 1 x accumulation 4 == micro batch 4 x 1.
-- TRL casts trainable parameters of a quantized base to bf16; they are put back to fp32 (see
-  `finetune.model.adapters.trainable_to_fp32`). DeepSpeed ZeRO-3 is not supported by this loss path.
+- TRL casts trainable parameters of a quantized base to bf16; their fp32 values from before are put back (an
+  upcast alone would keep the bf16 rounding of the adapter's initialisation), see `_keep_trainable_values`.
+- Under DeepSpeed ZeRO-3 the head's weight is partitioned: the loss runs as a module of the model tree that
+  DeepSpeed gathers the head for, in forward and backward (`finetune.train.zero3.TrainedTokenLoss`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -47,12 +50,18 @@ class FinetuneTrainer(SFTTrainer):
 
     def __init__(self, *args: Any, counter: TokenCounter, pad_id: int, loss_head: str = "fused",
                  **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        with _keep_trainable_values(kwargs["model"]):
+            super().__init__(*args, **kwargs)
         self.loss_head = loss_head
         self.counter = counter
         self.pad_id = pad_id
         self._eval_sums: list[float] = [0.0, 0.0]  # trained-token NLL and count of the running evaluation
         trainable_to_fp32(self.model)
+        self.partitioned_loss = None
+        from finetune.train.zero3 import attach_loss, zero3_enabled
+
+        if zero3_enabled():
+            self.partitioned_loss = attach_loss(self.model, self.model.get_output_embeddings(), loss_head)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):  # noqa: ANN001
@@ -73,10 +82,12 @@ class FinetuneTrainer(SFTTrainer):
         outputs = model(**forward, use_cache=False, output_hidden_states=True, logits_to_keep=1)
         unwrapped = self.accelerator.unwrap_model(model)
         text_config = unwrapped.config.get_text_config()
-        nll, count = trained_token_nll(
-            outputs.hidden_states[-1], labels, unwrapped.get_output_embeddings(), text_config,
-            loss_head=self.loss_head,
-        )
+        head = unwrapped.get_output_embeddings()
+        if self.partitioned_loss is not None:  # ZeRO-3: a module call, so DeepSpeed gathers the head
+            nll, count = self.partitioned_loss(outputs.hidden_states[-1], labels, head, text_config)
+        else:
+            nll, count = trained_token_nll(outputs.hidden_states[-1], labels, head, text_config,
+                                           loss_head=self.loss_head)
         denominator = count if num_items_in_batch is None else num_items_in_batch
         loss = nll / torch_clamp_min1(denominator)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -94,6 +105,17 @@ class FinetuneTrainer(SFTTrainer):
             self._metrics["train"]["num_tokens"] = [self.counter.tokens]
             self._metrics["train"]["num_trained_tokens"] = [self.counter.trained_tokens]
         return (loss, outputs) if return_outputs else loss
+
+
+@contextlib.contextmanager
+def _keep_trainable_values(model: Any) -> Any:
+    """Put every trainable tensor back as it was (values and dtype) after the block: TRL's SFTTrainer casts the
+    trainable parameters of a quantized model to bf16 (a CPU copy of them is held meanwhile)."""
+    kept = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+    yield
+    for name, param in model.named_parameters():
+        if name in kept and param.dtype != kept[name].dtype:
+            param.data = kept[name].to(param.device)
 
 
 def torch_clamp_min1(value: Any) -> Any:
