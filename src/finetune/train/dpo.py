@@ -106,13 +106,10 @@ def run_dpo(
     barrier: Callable[[], None] = lambda: None,
 ) -> Any:
     """Preference-tune on `prepared` pairs and save everything (`run_training`'s outputs and RunResult)."""
-    from transformers import EarlyStoppingCallback, PrinterCallback
-
     from finetune.data.collate import pad_token_id
-    from finetune.train.args import steps_per_epoch
     from finetune.train.checkpoints import seal_checkpoints_callback
     from finetune.train.progress import progress_callback
-    from finetune.train.reference import fresh_adapter, with_reference
+    from finetune.train.reference import with_reference
     from finetune.train.run import _resume_point, chat_template_source, resolved_recipe_yaml, save_run, setup_model
     from finetune.train.trainer import TokenCounter, summary_callbacks
 
@@ -131,12 +128,33 @@ def run_dpo(
     counter = TokenCounter()
     own = summary_callbacks(counter, output_dir)
     all_callbacks = [seal_checkpoints_callback(), *own, progress_callback(lambda: counter.tokens), *callbacks]
+    trainer = build_dpo_trainer(settings, model, tokenizer, train, evaluation, precision=precision,
+                                world_size=world_size, output_dir=output_dir, counter=counter, callbacks=all_callbacks)
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.yml").write_text(resolved_recipe_yaml(settings), encoding="utf-8")
+    trainer.train(resume_from_checkpoint=resume_from)
+    summary = dict(own[0].summary or {})
+    summary.update(preference_summary(trainer.state.log_history))
+    return save_run(trainer, tokenizer, template, output_dir, summary=summary, prepared=prepared)
+
+
+def build_dpo_trainer(settings: Settings, model: Any, tokenizer: Any, train: Any, evaluation: Any, *, precision: Any,
+                      world_size: int, output_dir: Path, counter: Any, callbacks: Sequence[Any] = ()) -> Any:
+    """The FinetuneDPOTrainer for prepared pairs (with REF_COLUMNS when the reference is precomputed)."""
+    from transformers import EarlyStoppingCallback, PrinterCallback
+
+    from finetune.train.args import steps_per_epoch
+    from finetune.train.reference import fresh_adapter
+
     per_epoch = steps_per_epoch(len(train), micro_batch_size=settings.micro_batch_size,
                                 gradient_accumulation_steps=settings.gradient_accumulation_steps, world_size=world_size)
     args = dpo_config(settings, steps_per_epoch=per_epoch, output_dir=str(output_dir), precision=precision)
     evaluating = args.eval_strategy != "no"
+    all_callbacks = list(callbacks)
     if settings.early_stopping_patience is not None and evaluating:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+    cached = "ref_chosen_logps" in train.column_names
     trainer = FinetuneDPOTrainer(
         model=model,
         args=args,
@@ -145,17 +163,11 @@ def run_dpo(
         processing_class=tokenizer,
         callbacks=all_callbacks,
         counter=counter,
-        cached_reference=settings.precompute_ref_log_probs,
-        keep_ref_adapter=not fresh_adapter(settings) and not settings.precompute_ref_log_probs,
+        cached_reference=cached,
+        keep_ref_adapter=not fresh_adapter(settings) and not cached,
     )
     trainer.remove_callback(PrinterCallback)
-    if trainer.is_world_process_zero():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "recipe.yml").write_text(resolved_recipe_yaml(settings), encoding="utf-8")
-    trainer.train(resume_from_checkpoint=resume_from)
-    summary = dict(own[0].summary or {})
-    summary.update(preference_summary(trainer.state.log_history))
-    return save_run(trainer, tokenizer, template, output_dir, summary=summary, prepared=prepared)
+    return trainer
 
 
 def preference_summary(log_history: Sequence[dict[str, Any]]) -> dict[str, Any]:
