@@ -30,13 +30,13 @@ def dpo_train_recipe(micro_llama_dir: Path, tmp_path_factory: pytest.TempPathFac
     data = shared / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in pair_rows(32)), encoding="utf-8")
 
-    def make(name: str, **keys) -> Path:
+    def make(name: str, cache: str, **keys) -> Path:
         directory = tmp_path_factory.mktemp(name)
         recipe = {
             "base_model": str(micro_llama_dir), "rl": "dpo", "adapter": "lora", "lora_r": 4, "lora_alpha": 8,
             "lora_target_linear": True, "chat_template": "llama3", "bf16": False,
             "datasets": [{"path": str(data), "type": "chat_template.default"}],
-            "dataset_prepared_path": str(shared / "prepared"), "output_dir": str(directory / "out"),
+            "dataset_prepared_path": str(shared / cache), "output_dir": str(directory / "out"),
             "micro_batch_size": 1, "optimizer": "adamw_torch", "lr_scheduler": "constant", "warmup_steps": 0,
             "learning_rate": 0.01, "logging_steps": 1,
             "special_tokens": {"pad_token": "<|finetune_right_pad_id|>", "eos_token": "<|eot_id|>"}, **keys,
@@ -78,13 +78,15 @@ def _assert_same_adapter(a: Path, b: Path, atol: float) -> None:
 
 
 def test_dpo_zero2_on_two_cpu_processes_matches_one_process(dpo_train_recipe, torch_extensions_dir):
-    single = dpo_train_recipe("dpo-single", gradient_accumulation_steps=4, max_steps=3, save_steps=3)
-    double = dpo_train_recipe("dpo-zero2", gradient_accumulation_steps=2, max_steps=3, save_steps=3,
+    single = dpo_train_recipe("dpo-single", "zero", gradient_accumulation_steps=4, max_steps=3, save_steps=3)
+    double = dpo_train_recipe("dpo-zero2", "zero", gradient_accumulation_steps=2, max_steps=3, save_steps=3,
                               deepspeed="zero2.json")
     env = _env(torch_extensions_dir)
-    _train(single, env=env)
+    first = _train(single, env=env)
     done = _train(double, "--num-processes", "2", env=env)
     assert "starting 2 processes" in done.stderr
+    assert "computing reference log-probs" in first.stderr
+    assert "computing reference log-probs" not in done.stderr  # the cache serves every world size
     one, two = _losses(single.parent / "out" / "checkpoint-3"), _losses(double.parent / "out" / "checkpoint-3")
     assert len(one) == len(two) == 3 and one[0] != one[-1]
     assert two == pytest.approx(one, rel=1e-5, abs=1e-6)
@@ -94,9 +96,10 @@ def test_dpo_zero2_on_two_cpu_processes_matches_one_process(dpo_train_recipe, to
 def test_dpo_kill_9_then_rerun_resumes_to_the_same_adapter_without_recomputing_the_reference(
         dpo_train_recipe, torch_extensions_dir):
     keys = dict(max_steps=6, save_steps=1, gradient_accumulation_steps=2)
-    reference, killed = dpo_train_recipe("dpo-uninterrupted", **keys), dpo_train_recipe("dpo-killed", **keys)
+    reference = dpo_train_recipe("dpo-uninterrupted", "resume", **keys)
+    killed = dpo_train_recipe("dpo-killed", "resume", **keys)
     env = _env(torch_extensions_dir)
-    _train(reference, env=env)
+    assert "computing reference log-probs" in _train(reference, env=env).stderr
     out = killed.parent / "out"
     process = subprocess.Popen([sys.executable, "-m", "finetune", "train", str(killed)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
