@@ -2,7 +2,7 @@
 """Preference-tuning step time and peak memory on CPU: finetune's DPO (cached / live reference) vs plain TRL.
 
 The tiny Llama (real 128,256-token vocabulary; `--hidden/--layers` widen it), LoRA r16 on every linear layer,
-micro batch 2 x accumulation 2 of chat pairs (a ~250-token prompt, two ~150-token replies) rendered with the
+micro batch 2 x accumulation 2 of chat pairs (a ~130-token prompt, two ~65-token replies) rendered with the
 llama3 template. Every variant runs in its own subprocess (peak RSS is its own); the first optimizer step is
 warm-up and not timed. One-off setup (finetune: data preparation + reference log-probs; TRL: its tokenizing
 and, with precompute, its reference pass and model hash) is reported separately from the step time.
@@ -14,7 +14,7 @@ Variants:
 - trl-precompute: the same with TRL's `precompute_ref_log_probs=True`.
 Neither path loads a second model: both get the reference from the one model with its adapter disabled.
 
-Usage: python scripts/bench_dpo.py [--steps 4] [--variants finetune,finetune-live,trl,trl-precompute]
+Usage: python scripts/bench_dpo.py [--steps 3] [--variants finetune,finetune-live,trl,trl-precompute]
        [--hidden 64 --layers 2]
 Prints a Markdown table (paste into docs/benchmarks.md).
 """
@@ -36,6 +36,7 @@ from pathlib import Path
 WORDS = ("the river stone model token batch data loss train python answer question coffee pizza bike jazz "
          "record weekend music movie colour dinner party ride sunday morning code chaos").split()
 MICRO, ACCUMULATION = 2, 2
+PROMPT_WORDS, REPLY_WORDS = 120, 60  # about 130 and 65 tokens
 
 
 def text(rng: random.Random, n: int) -> str:
@@ -44,9 +45,9 @@ def text(rng: random.Random, n: int) -> str:
 
 def pair_rows(count: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
-    return [{"messages": [{"role": "user", "content": text(rng, 240)}],
-             "chosen": {"role": "assistant", "content": text(rng, 150)},
-             "rejected": {"role": "assistant", "content": text(rng, 150)}} for _ in range(count)]
+    return [{"messages": [{"role": "user", "content": text(rng, PROMPT_WORDS)}],
+             "chosen": {"role": "assistant", "content": text(rng, REPLY_WORDS)},
+             "rejected": {"role": "assistant", "content": text(rng, REPLY_WORDS)}} for _ in range(count)]
 
 
 def recipe_text(base: Path, data: Path, out: Path, steps: int, precompute: bool) -> str:
@@ -126,7 +127,7 @@ def run_one(variant: str, base: Path, steps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--variants", default="finetune,finetune-live,trl,trl-precompute")
     parser.add_argument("--hidden", type=int, default=64, help="tiny model hidden size")
     parser.add_argument("--layers", type=int, default=2, help="tiny model layers")

@@ -82,7 +82,8 @@ def format_pairs(rows: list[dict[str, Any]], origins: Origins, dataset: DatasetS
     return out
 
 
-def _prompt_turns(row, dataset, role_map, role_key, content_key, origins, index) -> list[Message]:  # noqa: ANN001
+def _prompt_turns(row: dict[str, Any], dataset: DatasetSettings, role_map: dict[str, str], role_key: str,
+                  content_key: str, origins: Origins, index: int) -> list[Message]:
     if dataset.field_messages not in row:
         keys = ", ".join(map(str, row)) or "none"
         raise DataError(
@@ -103,7 +104,8 @@ def _missing(row: dict[str, Any], name: str, setting: str, dataset: DatasetSetti
     )
 
 
-def _reply(row, name, setting, dataset, role_map, role_key, content_key, origin) -> str:  # noqa: ANN001
+def _reply(row: dict[str, Any], name: str, setting: str, dataset: DatasetSettings, role_map: dict[str, str],
+           role_key: str, content_key: str, origin: str) -> str:
     """A reply given as a string, a message, or a list of messages whose last one counts."""
     if name not in row or row[name] is None:
         raise _missing(row, name, setting, dataset, origin)
@@ -126,7 +128,8 @@ def _reply(row, name, setting, dataset, role_map, role_key, content_key, origin)
     return content
 
 
-def _argilla(row, dataset, role_map, role_key, content_key, origin) -> tuple[list[Message], str, str]:  # noqa: ANN001
+def _argilla(row: dict[str, Any], dataset: DatasetSettings, role_map: dict[str, str], role_key: str,
+             content_key: str, origin: str) -> tuple[list[Message], str, str]:
     sides = []
     for name, setting in ((dataset.field_chosen, "field_chosen"), (dataset.field_rejected, "field_rejected")):
         if name not in row or row[name] is None:
