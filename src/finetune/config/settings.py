@@ -488,7 +488,8 @@ def rl_contradictions(s: Settings) -> list[tuple[str | tuple, str]]:
             out.append(((("datasets", index, "type")),
                         f"type: {s.datasets[index].type} is preference data; set `rl: dpo` to tune on pairs"))
         defaults = type(s).model_fields
-        for key in ("rl_beta", "dpo_loss_type", "dpo_label_smoothing"):
+        for key in ("rl_beta", "dpo_loss_type", "dpo_label_smoothing", "precompute_ref_log_probs",
+                    "rl_adapter_ref_model"):
             if getattr(s, key) != defaults[key].default:
                 out.append((key, f"{key} is used only with rl: dpo or ipo"))
         return out
