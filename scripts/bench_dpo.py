@@ -16,6 +16,7 @@ Neither path loads a second model: both get the reference from the one model wit
 
 Usage: python scripts/bench_dpo.py [--steps 3] [--variants finetune,finetune-live,trl,trl-precompute]
        [--hidden 64 --layers 2]
+       python scripts/bench_dpo.py --interleaved 6 [--fp32]   (one process, variants in turn: same load for all)
 Prints a Markdown table (paste into docs/benchmarks.md).
 """
 
@@ -125,6 +126,66 @@ def run_one(variant: str, base: Path, steps: int) -> dict:
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
+def interleaved(base: Path, rounds: int, bf16: bool) -> list[dict]:
+    """All variants built in one process, one micro-batch step each in turn for `rounds` rounds, so every variant
+    sees the same machine load (the first round is warm-up); micro-step times only."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from finetune.config import load_recipe_text
+    from finetune.data.build import prepare_data
+    from finetune.data.collate import pad_token_id
+    from finetune.data.templates import LLAMA3_JINJA
+    from finetune.model.adapters import lora_config
+    from finetune.model.load import load_model
+    from finetune.model.tokenizer import load_tokenizer
+    from finetune.train.dpo import build_dpo_trainer
+    from finetune.train.reference import with_reference
+    from finetune.train.run import setup_model
+    from finetune.train.trainer import TokenCounter
+
+    work = Path(tempfile.mkdtemp(prefix="bench-dpo-interleaved-"))
+    rows = pair_rows(MICRO)
+    data = work / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    trainers = {}
+    for variant in ("finetune", "finetune-live", "trl"):
+        text = recipe_text(base, data, work, 1, precompute=variant == "finetune").replace("bf16: auto",
+                                                                                          f"bf16: {str(bf16).lower()}")
+        settings = load_recipe_text(text).settings
+        tokenizer = load_tokenizer(settings)
+        if variant == "trl":
+            tokenizer.chat_template = LLAMA3_JINJA
+            model = load_model(settings, tokenizer)
+            conversations = [{"prompt": r["messages"], "chosen": [r["chosen"]], "rejected": [r["rejected"]]} for r in rows]
+            config = DPOConfig(output_dir=str(work / "trl"), max_steps=1, per_device_train_batch_size=MICRO, bf16=bf16,
+                               use_cpu=True, gradient_checkpointing=False, report_to="none", disable_tqdm=True,
+                               max_length=1024)
+            trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(conversations),
+                                 processing_class=tokenizer, peft_config=lora_config(settings, model))
+        else:
+            prepared = prepare_data(settings, tokenizer, progress=False)
+            model, precision = setup_model(settings, tokenizer)
+            train = prepared.train
+            if variant == "finetune":
+                train, _, _ = with_reference(settings, prepared, model, pad_id=pad_token_id(tokenizer),
+                                             precision=precision, progress=False)
+            trainer = build_dpo_trainer(settings, model, tokenizer, train, None, precision=precision, world_size=1,
+                                        output_dir=work / variant, counter=TokenCounter())
+        trainer.create_optimizer_and_scheduler(num_training_steps=rounds)
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.model.train()
+        batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(MICRO)]))
+        trainers[variant] = (trainer, batch)
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(rounds):
+        for name, (trainer, batch) in trainers.items():
+            start = time.perf_counter()
+            trainer.training_step(trainer.model, batch)
+            times[name].append(time.perf_counter() - start)
+    return [{"variant": name, "step_s": statistics.median(values[1:]), "all": values} for name, values in times.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
@@ -133,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=2, help="tiny model layers")
     parser.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "finetune-bench-tiny")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
+                        help="instead: finetune, finetune-live and trl in one process, one micro-batch step each in "
+                             "turn for ROUNDS rounds (same machine load for all; forward + backward only)")
+    parser.add_argument("--fp32", action="store_true", help="with --interleaved: bf16 off")
     args = parser.parse_args(argv)
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one, args.model_dir, args.steps)), flush=True)
@@ -142,6 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     if (args.hidden, args.layers) != (64, 2):
         args.model_dir = args.model_dir.with_name(f"{args.model_dir.name}-h{args.hidden}-l{args.layers}")
     build_tiny_llama(args.model_dir, hidden_size=args.hidden, layers=args.layers)
+    if args.interleaved:
+        rows = interleaved(args.model_dir, args.interleaved, bf16=not args.fp32)
+        trl = next(r["step_s"] for r in rows if r["variant"] == "trl")
+        print(f"model: hidden {args.hidden}, {args.layers} layers; micro batch of {MICRO} pairs, "
+              f"{'fp32' if args.fp32 else 'bf16 autocast'}; {args.interleaved} rounds (first not counted); "
+              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print("| variant | s/micro-step (median) | vs trl | every round s |")
+        print("|---|---:|---:|---|")
+        for r in rows:
+            print(f"| {r['variant']} | {r['step_s']:.2f} | {trl / r['step_s']:.2f}x | "
+                  f"{', '.join(f'{x:.2f}' for x in r['all'])} |")
+        return 0
     results = []
     for variant in args.variants.split(","):
         proc = subprocess.run([sys.executable, __file__, "--one", variant, "--steps", str(args.steps),
