@@ -213,3 +213,17 @@ def test_a_short_run_raises_the_held_out_margin_for_most_pairs(dpo_recipe, micro
     assert results["reference"]["reward_accuracy"] is None
     assert results["fine-tuned"]["preference_accuracy"] >= results["reference"]["preference_accuracy"]
     assert "reward margin" in capsys.readouterr().out
+
+
+def test_preprocess_computes_the_reference_once_and_shows_pairs(dpo_recipe, capsys):
+    from finetune.pipeline import preprocess
+
+    settings, _, _ = dpo_recipe(val_set_size=2)
+    prepared = preprocess(settings, show=1, progress=False)
+    out = capsys.readouterr().out
+    assert "reference log-probs: " in out and "── chosen" in out and "yes, " in out
+    directory = Path(out.split("reference log-probs: ")[1].splitlines()[0])
+    assert directory.parent == prepared.path
+    files = {name: (directory / f"{name}.npy").stat().st_mtime_ns for name in ("train", "eval")}
+    preprocess(settings, progress=False)  # a cache hit: nothing recomputed, no model loaded
+    assert {name: (directory / f"{name}.npy").stat().st_mtime_ns for name in files} == files
