@@ -34,6 +34,9 @@ NON_DATA = {
         "logging_steps", "evals_per_epoch", "eval_steps", "saves_per_epoch", "save_steps", "save_total_limit",
         "early_stopping_patience", "deepspeed",
         "wandb_project", "wandb_entity", "wandb_name", "wandb_watch", "wandb_log_model", "wandb_mode",
+        # preference tuning: whether rows are pairs follows the (marked) dataset types, which `rl` must agree with;
+        # the rest shape the loss or the reference cache (keyed separately, finetune.train.reference)
+        "rl", "rl_beta", "dpo_loss_type", "dpo_label_smoothing", "precompute_ref_log_probs", "rl_adapter_ref_model",
     },
     DatasetSettings: set(),
     SpecialTokens: set(),
@@ -68,6 +71,8 @@ PERTURB = {
     "datasets.field_output": "answer",
     "datasets.field_system": "preamble",
     "datasets.field": "body",
+    "datasets.field_chosen": "preferred",
+    "datasets.field_rejected": "dispreferred",
     "special_tokens.bos_token": "<s>",
     "special_tokens.eos_token": "</s>",
     "special_tokens.pad_token": "<pad>",

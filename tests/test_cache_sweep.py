@@ -46,7 +46,12 @@ COMPANIONS: dict[str, dict[str, Any]] = {
     "chat_template_jinja": {"chat_template": "jinja"},
     "dedup_threshold": {"dedup": "near"},
     "dedup_ngram": {"dedup": "near"},
+    # preference tuning: pair data (written by sweep_inputs), unpacked, an adapter (the reference)
+    "rl": {"datasets": "<pair datasets>", "sample_packing": False},
+    **{key: {"rl": "dpo", "datasets": "<pair datasets>", "sample_packing": False, "adapter": "lora"}
+       for key in ("rl_beta", "dpo_loss_type", "dpo_label_smoothing", "precompute_ref_log_probs")},
 }
+SINGLE_VALUED = {"rl_adapter_ref_model"}  # accepted for Axolotl compatibility; false is its only valid value
 SECTIONS = {"datasets", "special_tokens"}  # their fields are all marked; test_cache_fields changes each
 
 Fingerprint = Callable[[Settings, Any, str], str]
@@ -130,7 +135,8 @@ class Sweep:
         changed, untried = [], []
         for name in fields:
             field = Settings.model_fields[name]
-            companions = COMPANIONS.get(name, {})
+            companions = {key: values.get(value, value) if isinstance(value, str) else value
+                          for key, value in COMPANIONS.get(name, {}).items()}
             base = self.settings(companions) or self.settings({})
             current = getattr(base, name)
             options = candidates(field.annotation, current) + EXTRA_VALUES.get(name, [])
@@ -170,7 +176,11 @@ def sweep_inputs(tmp_path: Path, tiny_llama_dir: Path, make_conversation) -> tup
         "lora_target_linear": True,
         "special_tokens": {"pad_token": "<|finetune_right_pad_id|>"},
     }
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"messages": row["messages"][:-1], "chosen": row["messages"][-1]["content"],
+                                         "rejected": "no idea"}) + "\n" for row in rows), encoding="utf-8")
     values = {
+        "<pair datasets>": [{"path": str(pairs), "type": "chat_template.default"}],
         "<copy of the base>": str(copy),
         "<the base>": str(tiny_llama_dir),
         "<an adapter dir>": str(tmp_path / "adapter"),
@@ -181,7 +191,7 @@ def sweep_inputs(tmp_path: Path, tiny_llama_dir: Path, make_conversation) -> tup
 @pytest.mark.slow
 def test_an_equal_fingerprint_means_equal_rows(sweep_inputs):
     recipe, values = sweep_inputs
-    fields = [name for name in Settings.model_fields if name not in SECTIONS]
+    fields = [name for name in Settings.model_fields if name not in SECTIONS | SINGLE_VALUED]
     changed, untried = Sweep(recipe, cache.fingerprint).unmarked_changes(fields, values)
     assert not untried, f"no valid other value for {untried}; add one to EXTRA_VALUES (and COMPANIONS if needed)"
     assert not changed, (

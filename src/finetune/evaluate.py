@@ -43,6 +43,11 @@ def evaluate_main(
     progress: bool = True,
 ) -> int:
     """Evaluate and print a table; write the results as JSON (default `output_dir/eval_results.json`)."""
+    if settings.rl is not None:  # preference pairs: accuracy and reward margins (the reference is always scored)
+        from finetune.evaluate_pairs import evaluate_pairs_main
+
+        return evaluate_pairs_main(settings, adapter_dir=adapter_dir, dataset=dataset, output=output,
+                                   batch_size=batch_size, progress=progress)
     from finetune.data.build import prepare_data
     from finetune.model.tokenizer import load_tokenizer
 

@@ -27,6 +27,10 @@ def preprocess(settings: Settings, *, force: bool = False, show: int = 0, progre
     state = "reused (cache hit)" if prepared.from_cache else "built"
     print(f"prepared data {state}: {prepared.path}")
     print(prepared.summary.format_table())
+    if settings.rl is not None and settings.precompute_ref_log_probs:
+        from finetune.train.reference import precompute_for_preprocess
+
+        print(f"reference log-probs: {precompute_for_preprocess(settings, tokenizer, prepared, progress=progress)}")
     if show:
         from finetune.data.show import render_rows
 
@@ -34,5 +38,10 @@ def preprocess(settings: Settings, *, force: bool = False, show: int = 0, progre
             print()
             print(prepared.summary.format_near_duplicates())
         print()
-        print(render_rows(prepared.train, tokenizer, show))
+        if settings.rl is not None:
+            from finetune.data.show import render_pairs
+
+            print(render_pairs(prepared.train, tokenizer, show))
+        else:
+            print(render_rows(prepared.train, tokenizer, show))
     return prepared

@@ -36,7 +36,28 @@ def derived_values(settings: Settings, world_size: int) -> list[tuple[str, str]]
         ("weights & biases", _wandb(s)),
         ("deepspeed", s.deepspeed or "off"),
     ]
+    if s.rl is not None:
+        rows[1:1] = [("preference tuning", _preference(s)), ("reference model", reference_model(s))]
     return rows
+
+
+def reference_model(s: Settings) -> str:
+    """Which model scores the reference log-probs of the preference stage (the model the policy starts from)."""
+    if s.adapter is None:
+        start = f"{s.base_model} as loaded (full fine-tuning)"
+    elif s.lora_model_dir:
+        start = f"{s.base_model} + the adapter in {s.lora_model_dir} (where training continues from)"
+    else:
+        start = f"{s.base_model} with the adapter disabled"
+    how = ("log-probs computed once before training and cached with the prepared data"
+           if s.precompute_ref_log_probs else "a reference forward every step")
+    return f"{start}; {how}; no second model copy"
+
+
+def _preference(s: Settings) -> str:
+    loss = s.loss_type
+    smoothing = f", label smoothing {s.dpo_label_smoothing:g}" if s.dpo_label_smoothing else ""
+    return f"rl: {s.rl} with TRL's DPOTrainer, loss {loss}, beta {s.rl_beta:g}{smoothing}"
 
 
 def attention_plan(s: Settings) -> str:

@@ -152,7 +152,8 @@ def _describe(error: Any, source: RecipeSource) -> list[str]:
     """The message lines of one pydantic error (the cross-field check gives one per contradiction)."""
     loc = tuple(error["loc"])
     if error["type"] == "contradictions":
-        return [f"{source.where((key,))}: {message}" for key, message in error["ctx"]["found"]]
+        return [f"{source.where(key if isinstance(key, tuple) else (key,))}: {message}"
+                for key, message in error["ctx"]["found"]]
     message = error["msg"].removeprefix("Value error, ")
     dotted = ".".join(str(part) for part in loc)
     if error["type"] == "extra_forbidden":

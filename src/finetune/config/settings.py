@@ -18,6 +18,14 @@ from pydantic_core import PydanticCustomError, to_jsonable_python
 from finetune.config.yaml_source import RecipeSource
 
 ChatTemplateName = Literal["llama3", "chatml", "tokenizer_default", "jinja"]
+# Preference-pair dataset types (finetune.data.pairs); every other type is SFT data.
+PairType = Literal["chat_template.default", "chat_template.argilla_chat", "llama3.intel", "chatml.intel"]
+PAIR_TYPES = ("chat_template.default", "chat_template.argilla_chat", "llama3.intel", "chatml.intel")
+# TRL's pairwise DPOTrainer losses (`dpo_loss_type`); `rl: ipo` is `ipo`.
+DpoLossType = Literal[
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sigmoid_norm",
+]
 TrainOnEos = Literal["turn", "all", "last", "none"]
 Optimizer = Literal[
     "adamw_torch",
@@ -65,11 +73,19 @@ class DatasetSettings(Section):
         "Relative paths are resolved from the current directory.",
         json_schema_extra={"affects_data": True},
     )
-    type: Literal["chat_template", "alpaca", "completion"] = Field(
+    type: Literal[
+        "chat_template", "alpaca", "completion",
+        "chat_template.default", "chat_template.argilla_chat", "llama3.intel", "chatml.intel",
+    ] = Field(
         "chat_template",
         description="chat_template: a list of messages per row (OpenAI or ShareGPT style); "
         "alpaca: instruction/input/output(/system) columns, rendered as one user/assistant exchange; "
-        "completion: raw text, every token trained.",
+        "completion: raw text, every token trained. Preference pairs (with `rl:`): "
+        "chat_template.default: prompt turns at field_messages, the two replies at field_chosen/field_rejected "
+        "(each a message, a list whose last message counts, or a string); chat_template.argilla_chat: "
+        "field_chosen/field_rejected hold whole conversations that differ only in the last (assistant) turn; "
+        "llama3.intel / chatml.intel: flat Intel/TRL rows with optional field_system, `question` (or `prompt`), "
+        "and chosen/rejected strings. Pairs are rendered with the recipe's chat_template.",
         json_schema_extra={"affects_data": True},
     )
     ds_type: Optional[Literal["json", "jsonl", "parquet", "csv", "arrow"]] = Field(
@@ -124,6 +140,19 @@ class DatasetSettings(Section):
         json_schema_extra={"affects_data": True},
     )
     field: str = Field("text", description="completion: the text column.", json_schema_extra={"affects_data": True})
+    field_chosen: str = Field(
+        "chosen", description="Preference pairs: the column holding the preferred reply.",
+        json_schema_extra={"affects_data": True},
+    )
+    field_rejected: str = Field(
+        "rejected", description="Preference pairs: the column holding the dispreferred reply.",
+        json_schema_extra={"affects_data": True},
+    )
+
+    @property
+    def is_pairs(self) -> bool:
+        """True for a preference-pair dataset type (see `type`)."""
+        return self.type in PAIR_TYPES
 
     @property
     def role_map(self) -> dict[str, str]:
@@ -308,6 +337,39 @@ class Settings(Section):
         None, description="DeepSpeed JSON; a missing path naming a bundled config (zero2.json...) uses the bundled one."
     )
 
+    # --- preference tuning (finetune.train.dpo) -----------------------------------------
+    rl: Optional[Literal["dpo", "ipo"]] = Field(
+        None,
+        description="Preference tuning on chosen/rejected pairs with TRL's DPOTrainer: dpo (loss per "
+        "dpo_loss_type) | ipo (the IPO loss). Needs preference datasets (see datasets[].type). The reference is "
+        "the model the policy starts from: the base with the adapter disabled for a fresh adapter, or base + "
+        "the `lora_model_dir` adapter when continuing an SFT run; never a second model copy.",
+    )
+    rl_beta: float = Field(
+        0.1, gt=0, description="DPO beta: higher keeps the policy closer to the reference (IPO: tau)."
+    )
+    dpo_loss_type: DpoLossType = Field(
+        "sigmoid",
+        description="With rl: dpo, TRL's pairwise loss: sigmoid (DPO), hinge, ipo, exo_pair, nca_pair, robust, "
+        "bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm.",
+    )
+    dpo_label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5,
+        description="Probability that a preference label is flipped (robust DPO, conservative sigmoid); "
+        "exo_pair needs it above 0.",
+    )
+    precompute_ref_log_probs: bool = Field(
+        True,
+        description="Compute the reference log-probs of every pair once, before training, and keep them next to "
+        "the prepared data, keyed by the data and the reference weights: re-runs, resumes and rl_beta changes "
+        "reuse them and training runs no reference forward. false: a reference forward every step.",
+    )
+    rl_adapter_ref_model: bool = Field(
+        False,
+        description="Accepted for Axolotl compatibility: false (the only value) uses the adapter-disabled "
+        "model as the reference; finetune never loads a second model copy.",
+    )
+
     # --- tracking --------------------------------------------------------------------
     wandb_project: Optional[str] = Field(None, description="Weights & Biases project; unset disables W&B.")
     wandb_entity: Optional[str] = Field(None, description="W&B team or user.")
@@ -351,6 +413,11 @@ class Settings(Section):
     @property
     def evals_enabled(self) -> bool:
         return self.evals_per_epoch is not None or self.eval_steps is not None
+
+    @property
+    def loss_type(self) -> str:
+        """TRL's loss_type for the preference stage (rl: ipo -> ipo)."""
+        return "ipo" if self.rl == "ipo" else self.dpo_loss_type
 
     @property
     def packs_eval(self) -> bool:
@@ -408,6 +475,52 @@ def contradictions(s: Settings) -> list[tuple[str, str]]:
                 out.append((key, f"{key} is used only with dedup: near"))
     if s.chat_template_jinja and s.chat_template != "jinja":
         out.append(("chat_template_jinja", "chat_template_jinja is used only with chat_template: jinja"))
+    out.extend(rl_contradictions(s))
+    return out
+
+
+def rl_contradictions(s: Settings) -> list[tuple[str | tuple, str]]:
+    """Preference-tuning problems (a key may be a recipe path tuple, e.g. ("datasets", 0, "type"))."""
+    out: list[tuple[str | tuple, str]] = []
+    pairs = [i for i, d in enumerate(s.datasets) if d.is_pairs]
+    if s.rl is None:
+        for index in pairs:
+            out.append(((("datasets", index, "type")),
+                        f"type: {s.datasets[index].type} is preference data; set `rl: dpo` to tune on pairs"))
+        defaults = type(s).model_fields
+        for key in ("rl_beta", "dpo_loss_type", "dpo_label_smoothing", "precompute_ref_log_probs",
+                    "rl_adapter_ref_model"):
+            if getattr(s, key) != defaults[key].default:
+                out.append((key, f"{key} is used only with rl: dpo or ipo"))
+        return out
+    if not pairs:
+        out.append(("rl", f"rl: {s.rl} needs a preference dataset (datasets[].type: chat_template.default, "
+                          "chat_template.argilla_chat, llama3.intel or chatml.intel)"))
+    for index, dataset in enumerate(s.datasets):
+        if not dataset.is_pairs and pairs:
+            out.append((("datasets", index, "type"),
+                        f"type: {dataset.type} is SFT data; with rl: {s.rl} every dataset must be preference pairs"))
+    if s.sample_packing:
+        out.append(("sample_packing", f"sample_packing does not apply to rl: {s.rl} (pairs are never packed)"))
+    if s.train_on_inputs:
+        out.append(("train_on_inputs", f"rl: {s.rl} scores only the replies; remove train_on_inputs"))
+    if s.rl == "ipo" and s.dpo_loss_type != "sigmoid":
+        out.append(("dpo_loss_type", "rl: ipo is the ipo loss; write rl: dpo with dpo_loss_type, or drop it"))
+    loss = "ipo" if s.rl == "ipo" else s.dpo_loss_type
+    if loss == "exo_pair" and s.dpo_label_smoothing == 0:
+        out.append(("dpo_label_smoothing", "dpo_loss_type: exo_pair needs dpo_label_smoothing above 0 (e.g. 0.001)"))
+    if s.rl_adapter_ref_model:
+        out.append(("rl_adapter_ref_model", "finetune never loads a second model as the reference; remove "
+                                            "rl_adapter_ref_model (the adapter-disabled model is the reference)"))
+    if s.adapter is None and not s.precompute_ref_log_probs:
+        out.append(("precompute_ref_log_probs", f"full fine-tuning with rl: {s.rl} keeps no reference model; "
+                                                "set precompute_ref_log_probs: true or use an adapter"))
+    for index in pairs:
+        name = s.datasets[index].type.split(".")[0]
+        if name in ("llama3", "chatml") and s.chat_template in ("llama3", "chatml") and s.chat_template != name:
+            out.append((("datasets", index, "type"),
+                        f"type: {s.datasets[index].type} names the {name} template but chat_template is "
+                        f"{s.chat_template}; use {s.chat_template}.intel or chat_template: {name}"))
     return out
 
 

@@ -156,6 +156,10 @@ def build_splits(
     settings: Settings, tokenizer: Any, template: Any, report: "Progress"
 ) -> tuple[dict[str, dict[str, Ragged] | None], PrepareSummary]:
     """Stages 1-6 of the module doc in memory: the train/eval columns and their summary (seconds 0)."""
+    if settings.rl is not None:  # preference pairs: their own formats, filters and columns
+        from finetune.data.pairs import build_pair_splits
+
+        return build_pair_splits(settings, tokenizer, template, report)
     corpus = _read_all(settings, report)
     dropped = {"empty": 0, "duplicate": 0, "no trainable tokens": 0, f"longer than {settings.sequence_len} tokens": 0}
     corpus = corpus.without_empty(dropped)

@@ -38,7 +38,8 @@ MARKER = "COMPLETE"
 SUMMARY = "summary.json"
 SPLITS = ("train", "eval")
 # Modules whose code decides the prepared tokens; editing them invalidates caches.
-_CODE = ("readers.py", "formats.py", "templates.py", "tokenize.py", "pack.py", "build.py", "cache.py", "neardup.py")
+_CODE = ("readers.py", "formats.py", "templates.py", "tokenize.py", "pack.py", "build.py", "cache.py", "neardup.py",
+         "pairs.py")
 
 
 def fingerprint(settings: Settings, tokenizer: Any, template_source: str) -> str:

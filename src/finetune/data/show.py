@@ -73,3 +73,25 @@ def _render_span(ids: np.ndarray, trained: np.ndarray, tokenizer: Any, color: bo
         else:
             parts.append(f"{DIM}{text}{RESET}" if color else f"{MASK_OPEN}{text}{MASK_CLOSE}")
     return "".join(parts)
+
+
+def render_pairs(dataset: Any, tokenizer: Any, count: int, *, color: bool | None = None) -> str:
+    """The first `count` prepared preference pairs: the prompt (masked) and both replies (scored)."""
+    color = sys.stdout.isatty() if color is None else color
+    legend = (
+        f"legend: {GREEN}scored reply{RESET} {DIM}prompt (not scored){RESET}"
+        if color
+        else f"legend: plain = scored reply, {MASK_OPEN}...{MASK_CLOSE} = prompt (not scored)"
+    )
+    blocks = [legend]
+    for index in range(min(count, len(dataset))):
+        row = dataset[index]
+        prompt = np.asarray(row["prompt_ids"], dtype=np.int64)
+        lines = [f"══ pair {index} · prompt {len(prompt):,} tokens ══"]
+        lines.append(_render_span(prompt, np.zeros(len(prompt), dtype=bool), tokenizer, color))
+        for side in ("chosen", "rejected"):
+            reply = np.asarray(row[f"{side}_ids"], dtype=np.int64)
+            lines.append(f"── {side} · {len(reply):,} scored tokens ──")
+            lines.append(_render_span(reply, np.ones(len(reply), dtype=bool), tokenizer, color))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

@@ -135,10 +135,16 @@ def run_worker(
     ok = False
     try:
         with resilience.catch_signals(flag), resilience.secrets_filtered(secrets):
-            result = run_training(
+            kwargs: dict[str, Any] = {}
+            run = run_training
+            if settings.rl is not None:  # preference tuning; the reference log-probs are prepared like the data
+                from finetune.train.dpo import run_dpo
+
+                run, kwargs = run_dpo, {"barrier": barrier}
+            result = run(
                 settings, prepared, tokenizer, output_dir=output_dir,
                 resume=str(resume_from) if resume_from is not None else False,
-                world_size=ranks.world_size, local_rank=ranks.local_rank, callbacks=callbacks,
+                world_size=ranks.world_size, local_rank=ranks.local_rank, callbacks=callbacks, **kwargs,
             )
         ok = True
     finally:
