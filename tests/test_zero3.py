@@ -127,3 +127,16 @@ def test_finetune_train_refuses_cpu_dora_on_4bit_under_zero3_before_starting_pro
     with pytest.raises(RecipeError, match=r"recipe.yml:\d+: DoRA on a 4-bit base under ZeRO-3 does not run on the CPU"):
         launch.main_train(recipe, num_processes=2)
     assert not (_output_dir(recipe)).exists()
+
+
+def test_preference_tuning_under_zero3_is_refused_at_the_rl_line():
+    from finetune.deepspeed_config import resolve_deepspeed
+    from finetune.errors import RecipeError
+
+    settings = _settings("base_model: m\ndatasets:\n  - path: p.jsonl\n    type: chat_template.default\nrl: dpo\n"
+                         "adapter: lora\nlora_target_linear: true\ndeepspeed: /path/to/deepspeed_configs/zero3.json\n")
+    with pytest.raises(RecipeError, match=r"r.yml:5: rl: dpo runs under ZeRO-2 or one process; ZeRO-3 \(zero3.json\)"):
+        resolve_deepspeed(settings)
+    zero2 = _settings("base_model: m\ndatasets:\n  - path: p.jsonl\n    type: chat_template.default\nrl: dpo\n"
+                      "adapter: lora\nlora_target_linear: true\ndeepspeed: /path/to/deepspeed_configs/zero2.json\n")
+    assert resolve_deepspeed(zero2)[0].name == "zero2.json"

@@ -78,4 +78,9 @@ def _supported(path: Path, settings: Settings) -> Path:
             f"{settings.where('load_in_8bit')}: ZeRO-3 ({path.name}) cannot partition an 8-bit base (bitsandbytes "
             "keeps its scales on the parameter object); use load_in_4bit: true, or zero2.json"
         )
+    if stage == 3 and settings.rl is not None:
+        raise RecipeError(
+            f"{settings.where('rl')}: rl: {settings.rl} runs under ZeRO-2 or one process; ZeRO-3 ({path.name}) is "
+            "not supported for preference tuning yet (its partitioned loading and reference pass are untested)"
+        )
     return path
