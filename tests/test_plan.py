@@ -16,7 +16,8 @@ from finetune.config import load_recipe_text
 from finetune.errors import RecipeError
 from finetune.deepspeed_config import bundled_deepspeed_dir
 from finetune.model_shapes import model_shapes, shapes_from_config
-from finetune.plan import GIB, MIB, VOCAB_TILE, format_plan, plan_main, plan_memory
+from finetune.plan import GIB, MIB, VOCAB_TILE, plan_memory
+from finetune.plan_report import format_plan, plan_main
 from finetune.sizes import parse_size
 
 # The seed recipe (chat-like-me.yml, from the article: 2 x RTX 3090, ZeRO-1 ran out of memory, ZeRO-2 fit).

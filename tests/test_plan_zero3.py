@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from finetune.config import load_recipe_text
-from finetune.plan import GIB, format_plan, plan_memory
+from finetune.plan import GIB, plan_memory
+from finetune.plan_report import format_plan
 from test_plan import SEED
 
 SEVENTY = "base_model=meta-llama/Llama-3.1-70B"

@@ -270,7 +270,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from finetune.plan import plan_main
+    from finetune.plan_report import plan_main
 
     loaded = _load(args)
     return plan_main(loaded.settings, world_size=_world_size(args), gpu_memory=args.gpu_memory)

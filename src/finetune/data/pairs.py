@@ -189,7 +189,7 @@ class _Only:
 def encode_pairs(pairs: list[Pair], *, template: Any, tokenizer: Any, token_lengths: Any = None
                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(prompt_ids, chosen_ids, rejected_ids) of each pair (see the module doc)."""
-    from finetune.data.tokenize import labels_from_spans, tokenize_with_starts
+    from finetune.data.tokenize import IGNORE_INDEX, labels_from_spans, tokenize_with_starts
 
     conversations = []
     for pair in pairs:
@@ -201,7 +201,7 @@ def encode_pairs(pairs: list[Pair], *, template: Any, tokenizer: Any, token_leng
     for rend, (ids, starts) in zip(rendered, tokenized):
         spans = [rend.content_spans[-1]] + ([rend.eot_spans[-1]] if rend.eot_spans[-1] is not None else [])
         spans = sorted(span for span in spans if span[1] > span[0])
-        scored = np.flatnonzero(labels_from_spans(ids, starts, spans) != -100)
+        scored = np.flatnonzero(labels_from_spans(ids, starts, spans) != IGNORE_INDEX)
         if len(scored) == 0:
             replies.append((ids, len(ids), len(ids)))
         else:

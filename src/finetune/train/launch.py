@@ -194,7 +194,8 @@ def print_memory_plan(settings: Settings, *, world_size: int) -> None:
     """`finetune plan`'s table for this GPU's memory, before anything loads (skipped when shapes are unknown)."""
     import torch
 
-    from finetune.plan import format_plan, plan_memory
+    from finetune.plan import plan_memory
+    from finetune.plan_report import format_plan
 
     try:
         memory = torch.cuda.get_device_properties(0).total_memory
