@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,10 @@ MARKER = "COMPLETE"
 SUMMARY = "summary.json"
 SPLITS = ("train", "eval")
 # Modules whose code decides the prepared tokens; editing them invalidates caches.
-_CODE = ("readers.py", "formats.py", "templates.py", "tokenize.py", "pack.py", "build.py", "cache.py", "neardup.py")
+_CODE = (
+    "readers.py", "formats.py", "templates.py", "tokenize.py", "pack.py", "build.py", "cache.py", "neardup.py",
+    "stream.py", "parallel.py", "shards.py",
+)
 
 
 def fingerprint(settings: Settings, tokenizer: Any, template_source: str) -> str:
@@ -115,16 +118,28 @@ def to_dataset(columns: dict[str, Ragged]) -> Any:
 
 
 def save(directory: Path, key: str, splits: dict[str, dict[str, Ragged] | None], summary: dict[str, Any]) -> None:
-    """Atomically write `directory` (= <prepared>/<key>): splits, summary.json, then the marker."""
+    """Atomically write `directory` (= <prepared>/<key>) from in-memory columns: splits, summary.json, marker."""
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        with _quiet_datasets():
+            for name, columns in splits.items():
+                if columns is not None:
+                    to_dataset(columns).save_to_disk(str(tmp / name))
+        return summary
+
+    commit(directory, key, fill)
+
+
+def commit(directory: Path, key: str, fill: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Atomically make `directory` (= <prepared>/<key>): `fill(tmp)` writes the split directories into a
+    temporary sibling and returns the summary; then summary.json, the marker, and the move into place.
+    Whatever `fill` leaves besides the splits (scratch files) must be gone when it returns."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        with _quiet_datasets():
-            for name, columns in splits.items():
-                if columns is not None:
-                    to_dataset(columns).save_to_disk(str(tmp / name))
+        summary = fill(tmp)
         (tmp / SUMMARY).write_text(json.dumps({**summary, "fingerprint": key}, indent=2) + "\n", encoding="utf-8")
         (tmp / MARKER).write_text(key + "\n", encoding="utf-8")
         _replace_dir(tmp, directory)
@@ -132,6 +147,7 @@ def save(directory: Path, key: str, splits: dict[str, dict[str, Ragged] | None],
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     _remove_abandoned(directory.parent, key)
+    return summary
 
 
 @contextmanager
