@@ -106,14 +106,24 @@ def test_the_streaming_build_writes_several_shards_and_data_files(tmp_path, writ
     assert not (result.path / "work").exists()
 
 
-def test_the_prepared_splits_are_memory_mapped(tmp_path, write_chats, data_settings, llama3_tokenizer):
-    from datasets.table import MemoryMappedTable
+def memory_mapped(dataset) -> bool:
+    """Whether every block of the dataset's table is memory-mapped from a file (nothing copied into memory)."""
+    from datasets.table import ConcatenationTable, MemoryMappedTable
 
-    result = prepare_data(data_settings([{"path": write_chats(20)}], val_set_size=4), llama3_tokenizer, progress=False)
+    table = dataset.data
+    if isinstance(table, ConcatenationTable):
+        return all(isinstance(block, MemoryMappedTable) for row in table.blocks for block in row)
+    return isinstance(table, MemoryMappedTable)
+
+
+def test_the_prepared_splits_are_memory_mapped(tmp_path, write_chats, data_settings, llama3_tokenizer):
+    settings = data_settings([{"path": write_chats(40)}], val_set_size=4, preprocess_shard_size=6)
+    result = prepare_data(settings, llama3_tokenizer, progress=False)
+    assert len(result.train.cache_files) > 1
     for split in (result.train, result.eval):
-        assert isinstance(split.data, MemoryMappedTable) and split.cache_files
-    cached = prepare_data(data_settings([{"path": write_chats(20)}], val_set_size=4), llama3_tokenizer, progress=False)
-    assert cached.from_cache and isinstance(cached.train.data, MemoryMappedTable)
+        assert memory_mapped(split) and split.cache_files
+    cached = prepare_data(settings, llama3_tokenizer, progress=False)
+    assert cached.from_cache and memory_mapped(cached.train)
 
 
 def test_progress_reports_rows_tokens_and_rate(tmp_path, write_chats, data_settings, llama3_tokenizer, capsys):
@@ -156,3 +166,32 @@ def test_the_streamed_reader_gives_the_rows_and_lines_of_the_whole_file_reader(t
         whole.origins[i] for i in range(len(whole.rows))
     ]
     assert sum(batch.bytes_read for batch in batches) == path.stat().st_size
+
+
+def test_the_trainer_reads_the_prepared_rows_memory_mapped(micro_llama_dir, tmp_path, write_chats):
+    """No copy on the way to the trainer: its dataset and its dataloader's read the cache's memory-mapped files."""
+    from finetune.config import load_recipe_text
+    from finetune.model.tokenizer import load_tokenizer
+    from finetune.train.run import build, setup_model
+    from finetune.train.trainer import TokenCounter
+
+    settings = load_recipe_text(
+        f"base_model: {micro_llama_dir}\ndatasets: [{{path: {write_chats(30)}}}]\n"
+        f"dataset_prepared_path: {tmp_path / 'prepared'}\nchat_template: llama3\nadapter: lora\nlora_target_linear: true\n"
+        "lora_r: 4\nlora_alpha: 8\nsequence_len: 256\nsample_packing: true\nbf16: false\n"
+        "optimizer: sgd\nmax_steps: 1\nmicro_batch_size: 2\npreprocess_shard_size: 5\n"
+        'special_tokens: {pad_token: "<|finetune_right_pad_id|>", eos_token: "<|eot_id|>"}\n'
+    ).settings
+    tokenizer = load_tokenizer(settings)
+    prepared = prepare_data(settings, tokenizer, progress=False)
+    model, precision = setup_model(settings, tokenizer)
+    trainer = build(
+        settings, model, tokenizer, prepared, precision=precision, world_size=1,
+        output_dir=tmp_path / "out", counter=TokenCounter(), callbacks=[],
+    )
+    assert len(prepared.train.cache_files) > 1
+    assert memory_mapped(trainer.train_dataset) and len(trainer.train_dataset) == len(prepared.train)
+    loader = trainer.get_train_dataloader()
+    assert memory_mapped(loader.dataset) and loader.dataset.cache_files
+    batch = next(iter(loader))
+    assert batch["input_ids"].shape[0] == 2 and "position_ids" in batch
