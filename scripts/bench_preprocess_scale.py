@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_preprocess import RECIPE, tree_rss, write_corpus  # noqa: E402
+from bench_preprocess import RECIPE, cpu_seconds, tree_rss, write_corpus  # noqa: E402
 
 GIB = 1024**3
 
@@ -53,8 +53,9 @@ def tree_pss(root: int) -> int:
     return total
 
 
-def measure(command: list[str]) -> tuple[float, int, int, str]:
-    """(wall seconds, peak tree RSS bytes, peak tree PSS bytes, stdout) of one command."""
+def measure(command: list[str]) -> tuple[float, float, int, int, str]:
+    """(wall seconds, CPU seconds, peak tree RSS bytes, peak tree PSS bytes, stdout) of one command."""
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = peak_pss = samples = 0
@@ -68,7 +69,7 @@ def measure(command: list[str]) -> tuple[float, int, int, str]:
     out, err = proc.communicate()
     if proc.returncode != 0:
         sys.exit(f"command failed ({proc.returncode}): {' '.join(command)}\n{out}\n{err}")
-    return wall, peak, peak_pss, out
+    return wall, cpu_seconds() - cpu_before, peak, peak_pss, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,20 +107,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers is not None:
             extra += f"preprocess_workers: {args.workers}\n"
         recipe.write_text(RECIPE.format(model=model, data=data, prepared=prepared) + extra, encoding="utf-8")
-        wall, peak, pss, _ = measure([finetune, "preprocess", str(recipe), "--no-progress", "--force"])
+        wall, cpu, peak, pss, _ = measure([finetune, "preprocess", str(recipe), "--no-progress", "--force"])
         summary = json.loads(next(prepared.glob("*/summary.json")).read_text())
         shutil.rmtree(prepared, ignore_errors=True)
         tokenized = summary.get("tokenized_tokens", 0)
         rows.append(
             f"| {size:,} | {data.stat().st_size / 1e6:,.0f} | {tokenized / 1e6:,.1f} | "
-            f"{(summary['tokens'] + summary['eval_tokens']) / 1e6:,.1f} | {wall:,.1f} | {summary['seconds']:,.1f} | "
+            f"{(summary['tokens'] + summary['eval_tokens']) / 1e6:,.1f} | {wall:,.1f} | {cpu:,.1f} | {summary['seconds']:,.1f} | "
             f"{tokenized / wall:,.0f} | {peak / GIB:.2f} | {pss / GIB:.2f} | {summary['packing_efficiency']:.4f} |"
         )
         print(rows[-1], flush=True)
     print()
-    print("| conversations | JSONL (MB) | tokenized (M) | kept (M) | wall (s) | prepare_data (s) | tokens/s (wall) "
+    print("| conversations | JSONL (MB) | tokenized (M) | kept (M) | wall (s) | CPU user+sys (s) | prepare_data (s) "
+          "| tokens/s (wall) "
           "| peak RSS, process tree (GiB) | peak PSS, process tree (GiB) | packing efficiency @4096 |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

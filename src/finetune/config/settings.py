@@ -201,8 +201,9 @@ class Settings(Section):
     preprocess_workers: int = Field(
         0,
         ge=0,
-        description="Processes that render and tokenize while preprocessing: 0 = one per CPU core, 1 = in the "
-        "main process only (the tokenizer still batch-encodes on every core). Never changes the prepared rows.",
+        description="Processes that render and tokenize while preprocessing: 0 = auto (one per CPU core on "
+        "more than 2 cores, else 1), 1 = the main process only (the tokenizer still batch-encodes on every "
+        "core). Never changes the prepared rows.",
     )
     val_set_size: float = Field(
         0.0, ge=0, description="Validation split: a fraction (< 1) of conversations, or a count (>= 1).",

@@ -76,9 +76,17 @@ def encode_batch(encoder: Encoder, samples: list[Any], options: EncodeOptions) -
     return ids, labels
 
 
-def resolve_workers(setting: int) -> int:
-    """`preprocess_workers`: 0 means one per CPU core."""
-    return setting if setting > 0 else max(os.cpu_count() or 1, 1)
+def resolve_workers(setting: int, cores: int | None = None) -> int:
+    """`preprocess_workers`, with 0 (auto) resolved: one process per core on more than 2 cores, else 1.
+
+    On 2 cores the pool measured no faster than this process alone, whose Rust batch encoding
+    already uses both, and each forked worker adds resident memory (docs/benchmarks.md); with more
+    cores the pool also spreads the Python half of the work (rendering, masking) over them.
+    """
+    if setting > 0:
+        return setting
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return cores if cores > 2 else 1
 
 
 def encode_batches(encoder: Encoder, jobs: Iterable[Job], workers: int) -> Iterator[tuple[Job, Ragged, Ragged]]:
