@@ -195,3 +195,22 @@ def test_the_trainer_reads_the_prepared_rows_memory_mapped(micro_llama_dir, tmp_
     assert memory_mapped(loader.dataset) and loader.dataset.cache_files
     batch = next(iter(loader))
     assert batch["input_ids"].shape[0] == 2 and "position_ids" in batch
+
+
+def test_parquet_and_arrow_are_streamed_with_the_rows_and_origins_of_the_whole_file_readers(tmp_path, data_settings):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text": f"t{i}", "n": i} for i in range(11)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet", row_group_size=4)
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "arrow"))
+    entries = [{"path": tmp_path / "rows.parquet", "type": "completion"}, {"path": tmp_path / "arrow", "type": "completion"}]
+    for dataset in data_settings(entries).datasets:
+        whole = read_dataset(dataset)
+        batches = list(iter_dataset(dataset, 3))
+        assert [len(batch.table.rows) for batch in batches] == [3, 3, 3, 2]
+        assert [row for batch in batches for row in batch.table.rows] == whole.rows == rows
+        streamed = [batch.table.origins[i] for batch in batches for i in range(len(batch.table.rows))]
+        assert streamed == [whole.origins[i] for i in range(len(rows))]
+        assert streamed[-1].endswith(":record 11") and batches[0].table.source == whole.source

@@ -110,19 +110,59 @@ class RowBatch:
 def iter_dataset(dataset: DatasetSettings, batch_size: int) -> Iterator[RowBatch]:
     """The rows of one `datasets:` entry in file order, `batch_size` at a time, with their origins.
 
-    JSON lines are streamed from the file, so memory does not grow with it; the other formats are
-    read as `read_dataset` reads them and handed out in batches. Errors are those of `read_dataset`.
+    JSON lines, Parquet and Arrow directories are streamed (memory does not grow with the file); CSV
+    and JSON arrays are read as `read_dataset` reads them and handed out in batches. Errors are those
+    of `read_dataset`.
     """
     path = dataset_path(dataset)
     fmt = resolve_format(dataset, path)
     if fmt in ("json", "jsonl") and not path.is_dir() and (fmt == "jsonl" or _first_byte(path) != b"["):
         yield from _stream_json_lines(path, batch_size)
         return
-    table = read_dataset(dataset)
+    if fmt == "parquet" and not path.is_dir():
+        yield from _stream_parquet(path, batch_size)
+        return
+    if fmt == "arrow":
+        yield from _stream_arrow(path, dataset, batch_size)
+        return
+    table = read_dataset(dataset)  # CSV and JSON arrays: read whole
     for start in range(0, len(table.rows), batch_size):
         rows = table.rows[start : start + batch_size]
         numbers = table.origins.numbers[start : start + batch_size]
         yield RowBatch(RawTable(table.source, rows, Origins(table.source, numbers, table.origins.unit)), 0)
+
+
+def _stream_parquet(path: Path, batch_size: int) -> Iterator[RowBatch]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source, start = str(path), 0
+    try:
+        file = pq.ParquetFile(path)
+        share = path.stat().st_size / max(file.metadata.num_rows, 1)  # bytes per row, for progress
+        for batch in file.iter_batches(batch_size=batch_size):
+            yield _record_batch(source, batch.to_pylist(), start, share)
+            start += batch.num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: cannot read as Parquet: {exc}") from None
+    if not start:
+        raise DataError(f"{source}: the dataset has no rows")
+
+
+def _stream_arrow(path: Path, dataset: DatasetSettings, batch_size: int) -> Iterator[RowBatch]:
+    source, loaded = _open_arrow(path, dataset)
+    if not len(loaded):
+        raise DataError(f"{source}: the dataset has no rows")
+    share = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / len(loaded)
+    for start in range(0, len(loaded), batch_size):
+        columns = loaded[start : start + batch_size]
+        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        yield _record_batch(source, rows, start, share)
+
+
+def _record_batch(source: str, rows: list[dict[str, Any]], start: int, row_bytes: float) -> RowBatch:
+    origins = Origins(source, range(start + 1, start + len(rows) + 1), "record")
+    return RowBatch(RawTable(source, rows, origins), round(row_bytes * len(rows)))
 
 
 def _first_byte(path: Path) -> bytes:
@@ -320,6 +360,12 @@ def read_csv(path: Path) -> RawTable:
 
 def read_arrow(path: Path, dataset: DatasetSettings) -> RawTable:
     """A `datasets.save_to_disk` directory (Dataset, or DatasetDict read at `split`)."""
+    source, loaded = _open_arrow(path, dataset)
+    return _table_rows(source, loaded.to_list())
+
+
+def _open_arrow(path: Path, dataset: DatasetSettings) -> tuple[str, Any]:
+    """(source name, the memory-mapped `datasets.Dataset`) of a save_to_disk directory."""
     import datasets
 
     try:
@@ -338,7 +384,7 @@ def read_arrow(path: Path, dataset: DatasetSettings) -> RawTable:
             )
         loaded = loaded[dataset.split]
         source = f"{path}[{dataset.split}]"
-    return _table_rows(source, loaded.to_list())
+    return source, loaded
 
 
 def _table_rows(source: str, rows: list[dict[str, Any]]) -> RawTable:
