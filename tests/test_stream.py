@@ -214,3 +214,25 @@ def test_parquet_and_arrow_are_streamed_with_the_rows_and_origins_of_the_whole_f
         streamed = [batch.table.origins[i] for batch in batches for i in range(len(batch.table.rows))]
         assert streamed == [whole.origins[i] for i in range(len(rows))]
         assert streamed[-1].endswith(":record 11") and batches[0].table.source == whole.source
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_render_error_in_a_worker_names_the_batch(workers, tmp_path, write_chats, data_settings, llama3_tokenizer):
+    rows = [chat_conversation(i) for i in range(9)]
+    rows[6]["messages"][-1]["content"] = "boom"
+    template = (
+        "{% for m in messages %}{% if m['content'] == 'boom' %}{{ raise_exception('no boom here') }}{% endif %}"
+        "{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    )
+    path = write_chats(rows=rows)
+    settings = data_settings([{"path": path}], chat_template="jinja", chat_template_jinja=template, preprocess_workers=workers)
+    with pytest.raises(DataError, match=rf"^{path}:1 \(or a later row of this batch\): .*no boom here"):
+        prepare_data(settings, llama3_tokenizer, progress=False)
+    assert not [p for p in (tmp_path / "prepared").iterdir()]  # no partial cache, no scratch files left
+
+
+def test_auto_workers_are_one_per_core_beyond_two():
+    from finetune.data.parallel import resolve_workers
+
+    assert [resolve_workers(0, cores) for cores in (1, 2, 3, 16)] == [1, 1, 3, 16]
+    assert resolve_workers(5, 2) == 5 and resolve_workers(1, 16) == 1

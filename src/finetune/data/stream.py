@@ -142,13 +142,15 @@ class RowRules:
         self.filler_turns = 0
         self.examples: list[dict[str, Any]] = []
         self.near: NearDuplicateFinder | None = None
+        self.kept_texts: TextStore | None = None
         if settings.dedup == "near":
             self.dropped["near duplicate"] = 0
+            self.kept_texts = TextStore(work / "kept-texts.bin")
             self.near = NearDuplicateFinder(
                 threshold=settings.dedup_threshold,
                 ngram=settings.dedup_ngram,
                 seed=settings.seed,
-                kept_texts=TextStore(work / "kept-texts.bin"),
+                kept_texts=self.kept_texts,
             )
         # where each conversation the near rule saw came from (for the example pairs)
         self.sources: dict[tuple[str, str], int] = {}
@@ -195,6 +197,10 @@ class RowRules:
                 }
             )
         return None
+
+    def close(self) -> None:
+        if self.kept_texts is not None:
+            self.kept_texts.close()
 
     def _origin(self, index: int) -> str:
         source, unit = list(self.sources)[self.seen_source[index]]
@@ -267,6 +273,7 @@ def tokenize_to_shards(settings: Settings, tokenizer: Any, template: Any, work: 
         tokens += len(ids.values)
         report.streaming(len(lengths), tokens, bytes_read / input_bytes if input_bytes else None)
     report.update("tokenizing", len(lengths), len(lengths), tokens)
+    rules.close()
     return Tokenized(
         shards=writer.close(),
         lengths=np.frombuffer(lengths, dtype=np.int64),
