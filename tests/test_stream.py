@@ -130,7 +130,7 @@ def test_progress_reports_rows_tokens_and_rate(tmp_path, write_chats, data_setti
     settings = data_settings([{"path": write_chats(30)}])
     prepare_data(settings, llama3_tokenizer, progress=True)
     err = capsys.readouterr().err
-    assert "tokenizing 30/30 conversations" in err and "tok/s" in err
+    assert "tokenizing 30/30 conversations" in err and "tok/s" in err and "writing train rows: 30/30 rows" in err
     summary = prepare_data(settings, llama3_tokenizer, progress=False).summary
     assert summary.tokenized_tokens >= summary.tokens > 0 and "tokens/s" in summary.format_table()
 

@@ -25,6 +25,7 @@ import json
 import math
 import shutil
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,10 @@ def build_streamed(
         raise DataError(f"no training samples left after filtering; dropped: {_nonzero(dropped)}")
     for name, plan in plans.items():
         if plan is not None:
-            report.stage(f"writing {name} rows ({plan.stats.rows:,})")
             fingerprint = hashlib.sha256(f"{key}/{name}".encode()).hexdigest()[:16]
-            write_split(tokenized.shards, plan, Path(directory) / name, fingerprint, settings.preprocess_shard_size)
+            chunk = settings.preprocess_shard_size
+            for done in write_split(tokenized.shards, plan, Path(directory) / name, fingerprint, chunk):
+                report.update(f"writing {name} rows:", done, plan.stats.rows, tokenized.tokens, unit="rows")
     shutil.rmtree(work, ignore_errors=True)
     return PrepareSummary(
         read=tokenized.read_counts,
@@ -82,7 +84,7 @@ def build_streamed(
         seconds=0.0,
         filler_turns=tokenized.filler_turns,
         near_duplicate_examples=tokenized.examples,
-        tokenized_tokens=int(tokenized.lengths.sum()),
+        tokenized_tokens=tokenized.tokens,
     )
 
 
@@ -118,6 +120,10 @@ class Tokenized:
     dropped: dict[str, int]
     filler_turns: int
     examples: list[dict[str, Any]]
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
 
     def origin(self, index: int) -> str:
         source, unit = self.sources[int(self.dataset_index[index])]
@@ -365,8 +371,12 @@ def plan_splits(tokenized: Tokenized, settings: Settings) -> tuple[dict[str, Spl
 # --- pass 3: assemble rows ----------------------------------------------------------------------------
 
 
-def write_split(shards: TokenShards, plan: SplitPlan, directory: Path, fingerprint: str, chunk: int) -> None:
-    """The split's rows into a `save_to_disk` directory, about `chunk` samples at a time."""
+def write_split(
+    shards: TokenShards, plan: SplitPlan, directory: Path, fingerprint: str, chunk: int
+) -> Iterator[int]:
+    """The split's rows into a `save_to_disk` directory, about `chunk` samples at a time; yields the rows
+    written so far after each chunk (and 0 first)."""
+    yield 0
     packed = plan.counts is not None
     names = ("input_ids", "labels", "position_ids", "lengths") if packed else ("input_ids", "labels")
     counts = plan.counts if plan.counts is not None else np.ones(len(plan.order), dtype=np.int64)
@@ -391,6 +401,7 @@ def write_split(shards: TokenShards, plan: SplitPlan, directory: Path, fingerpri
             columns = {"input_ids": ids, "labels": labels}
         writer.write(columns)
         row = stop
+        yield row
     writer.close(fingerprint)
 
 

@@ -101,9 +101,9 @@ class Progress:
     def stage(self, text: str) -> None:
         self._emit(text, force=True)
 
-    def update(self, what: str, done: int, total: int, tokens: int) -> None:
+    def update(self, what: str, done: int, total: int, tokens: int, unit: str = "conversations") -> None:
         rate = tokens / max(time.perf_counter() - self.started, 1e-9)
-        self._emit(f"{what} {done:,}/{total:,} conversations ({rate:,.0f} tok/s)", force=done == total)
+        self._emit(f"{what} {done:,}/{total:,} {unit} ({rate:,.0f} tok/s)", force=done == total)
 
     def streaming(self, rows: int, tokens: int, fraction: float | None) -> None:
         """Rows and tokens so far, the rate, and an ETA from the share of the input read (when known)."""
