@@ -37,11 +37,12 @@ class EncodeOptions:
 
 @dataclass(frozen=True)
 class Job:
-    """A batch of samples and where its first one came from (for errors)."""
+    """A batch of samples, where its first one came from (for errors), and the caller's tag for it."""
 
     samples: list[Any]
     options: EncodeOptions
     first_origin: str
+    tag: Any = None
 
 
 @dataclass(frozen=True)

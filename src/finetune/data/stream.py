@@ -228,7 +228,7 @@ def tokenize_to_shards(settings: Settings, tokenizer: Any, template: Any, work: 
     input_bytes = sum(_size(dataset_path(dataset)) for dataset in settings.datasets)
     bytes_read = 0
 
-    def jobs() -> Any:
+    def jobs() -> Iterator[Job]:
         nonlocal bytes_read
         for index, dataset in enumerate(settings.datasets):
             report.stage(f"reading {dataset.path}")
@@ -253,21 +253,13 @@ def tokenize_to_shards(settings: Settings, tokenizer: Any, template: Any, work: 
                         kept.append(sample)
                         at.append(position)
                 if kept:
-                    job = Job(kept, options, table.origins[at[0]])
-                    yield job, (index, [table.origins.numbers[i] for i in at])
+                    yield Job(kept, options, table.origins[at[0]], tag=(index, [table.origins.numbers[i] for i in at]))
             label = sources[index][0]
             read_counts[label if label not in read_counts else f"{label} (#{index + 1})"] = read
 
-    pending: list[Any] = []
-
-    def job_stream() -> Any:
-        for job, meta in jobs():
-            pending.append(meta)
-            yield job
-
     limit, tokens = settings.sequence_len, 0
-    for _job, ids, labels in encode_batches(encoder, job_stream(), resolve_workers(settings.preprocess_workers)):
-        index, rows = pending.pop(0)
+    for job, ids, labels in encode_batches(encoder, jobs(), resolve_workers(settings.preprocess_workers)):
+        index, rows = job.tag
         writer.add(ids, labels)
         mask = labels.values != IGNORE_INDEX
         position = np.arange(len(ids.values), dtype=np.int64) - np.repeat(ids.offsets[:-1], ids.lengths)
