@@ -136,6 +136,9 @@ _WORKER: dict[str, Encoder] = {}  # set once in each worker process by _init_wor
 
 
 def _init_worker(encoder: Encoder) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (it ends the pool)
     _WORKER["encoder"] = encoder
 
 
