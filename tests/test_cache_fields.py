@@ -25,6 +25,7 @@ NON_DATA = {
         "base_model", "tokenizer_config", "trust_remote_code",
         "load_in_4bit", "load_in_8bit", "strict", "attn_implementation",
         "dataset_prepared_path",  # where the cache lives, not what it holds
+        "preprocess_shard_size", "preprocess_workers",  # how preprocessing runs, not what it makes (tested)
         "pad_to_sequence_len",  # applied by the collator at batch time
         "adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_linear", "lora_target_modules",
         "lora_modules_to_save", "lora_model_dir", "peft_use_dora", "peft_use_rslora",

@@ -221,6 +221,20 @@ class Settings(Section):
     dataset_prepared_path: str = Field(
         "last_run_prepared", description="Directory for the preprocessed-data cache (see `finetune preprocess`)."
     )
+    preprocess_shard_size: int = Field(
+        10_000,
+        gt=0,
+        description="Conversations per on-disk shard while preprocessing: peak memory grows with it (about "
+        "10,000 conversations of a few thousand tokens take a few hundred MB), the corpus size does not. "
+        "It never changes the prepared rows, so the cache is kept when it changes.",
+    )
+    preprocess_workers: int = Field(
+        0,
+        ge=0,
+        description="Processes that render and tokenize while preprocessing: 0 = auto (one per CPU core on "
+        "more than 2 cores, else 1), 1 = the main process only (the tokenizer still batch-encodes on every "
+        "core). Never changes the prepared rows.",
+    )
     val_set_size: float = Field(
         0.0, ge=0, description="Validation split: a fraction (< 1) of conversations, or a count (>= 1).",
         json_schema_extra={"affects_data": True},

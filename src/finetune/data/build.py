@@ -13,19 +13,22 @@ Stages, in order (each drop is counted by reason in the summary):
 5. drop samples with no trainable token; then samples longer than `sequence_len`
    are dropped, truncated, or raise (`excess_length_strategy`);
 6. pack train (and eval when `packs_eval`) into rows of `sequence_len` tokens;
-7. save to `<dataset_prepared_path>/<fingerprint>/` atomically and load it back.
+7. save to `<dataset_prepared_path>/<fingerprint>/` atomically and load it back (memory-mapped).
 
 A complete cache with the same fingerprint is reused unless `force`.
+
+`prepare_data` runs these stages in bounded memory (finetune.data.stream: streamed reading, tokens in
+on-disk shards, the plan from lengths alone). `build_splits` below runs them on the whole corpus in
+memory: it is the reference the streaming path is tested against (same rows for the same recipe and
+seed), and it is what the cache sweep (tests/test_cache_sweep.py) builds.
 """
 
 from __future__ import annotations
 
-import math
-import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -35,76 +38,14 @@ from finetune.data.formats import Sample, format_table, sample_key
 from finetune.data.neardup import conversation_text, drop_filler_turns, excerpts, has_assistant, near_duplicates
 from finetune.data.pack import Ragged, pack, packing_efficiency
 from finetune.data.readers import Origins, read_dataset
+from finetune.data.stream import EXAMPLE_CHARS, EXAMPLE_PAIRS, build_streamed, eval_count
+from finetune.data.summary import NO_SPLIT, PrepareSummary, Progress, SplitStats
 from finetune.data.tokenize import IGNORE_INDEX
 from finetune.errors import DataError, RecipeError
 
+__all__ = ["PrepareSummary", "PreparedData", "Progress", "build_splits", "eval_count", "prepare_data"]
+
 TOKENIZE_CHUNK = 1000  # conversations per encode call (one progress update each)
-EXAMPLE_PAIRS = 2  # near-duplicate pairs kept in the summary for `preprocess --show`
-EXAMPLE_CHARS = 160  # each side of a pair, truncated
-
-
-@dataclass(frozen=True)
-class PrepareSummary:
-    """What preprocessing did; every dropped conversation is counted under a reason."""
-
-    read: dict[str, int]  # dataset path -> conversations read
-    dropped: dict[str, int]  # reason -> count
-    truncated: int
-    train_samples: int
-    eval_samples: int
-    train_rows: int
-    eval_rows: int
-    tokens: int  # real tokens in the train split
-    trained_tokens: int  # train tokens with a label
-    eval_tokens: int
-    packing_efficiency: float | None  # train; None when not packed
-    sequence_len: int
-    seconds: float
-    filler_turns: int = 0  # assistant turns removed by min_assistant_chars (in kept or dropped conversations)
-    near_duplicate_examples: list[dict[str, Any]] = field(default_factory=list)  # {similarity, kept, removed}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PrepareSummary":
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
-
-    def format_table(self) -> str:
-        width = max([len(p) for p in self.read] + [len(r) for r in self.dropped] + [24])
-        lines = ["conversations read"]
-        lines += [f"  {path:<{width}} {count:>12,}" for path, count in self.read.items()]
-        lines.append("dropped")
-        lines += [f"  {reason:<{width}} {count:>12,}" for reason, count in self.dropped.items() if count]
-        if not any(self.dropped.values()):
-            lines.append(f"  {'(none)':<{width}} {0:>12,}")
-        lines.append(f"  {'truncated (kept)':<{width}} {self.truncated:>12,}")
-        if self.filler_turns:
-            lines.append(f"  {'filler turns removed':<{width}} {self.filler_turns:>12,}")
-        share = self.trained_tokens / self.tokens if self.tokens else 0.0
-        rows = [
-            ("train samples", f"{self.train_samples:,}"),
-            ("train rows", f"{self.train_rows:,}"),
-            ("eval samples", f"{self.eval_samples:,}"),
-            ("eval rows", f"{self.eval_rows:,}"),
-            ("train tokens", f"{self.tokens:,}"),
-            ("trained tokens", f"{self.trained_tokens:,} ({share:.1%})"),
-            ("eval tokens", f"{self.eval_tokens:,}"),
-        ]
-        if self.packing_efficiency is not None:
-            rows.append((f"packing efficiency @{self.sequence_len}", f"{self.packing_efficiency:.2%}"))
-        rows.append(("seconds", f"{self.seconds:.1f}"))
-        lines += [f"{name:<{width + 2}} {value:>12}" for name, value in rows]
-        return "\n".join(lines)
-
-    def format_near_duplicates(self) -> str:
-        """The example near-duplicate pairs (kept vs removed, truncated); empty when there are none."""
-        lines = []
-        for number, pair in enumerate(self.near_duplicate_examples, 1):
-            lines.append(f"near-duplicate {number} (Jaccard {pair['similarity']:.2f})")
-            lines.append(f"  kept:    {pair['kept']}")
-            lines.append(f"  removed: {pair['removed']}")
-        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -129,27 +70,22 @@ def prepare_data(settings: Settings, tokenizer: Any, *, force: bool = False, pro
             return PreparedData(splits["train"], splits["eval"], path, PrepareSummary.from_dict(summary), True)
 
     report = Progress(progress)
-    splits, summary = build_splits(settings, tokenizer, template, report)
-    summary = replace(summary, seconds=round(time.perf_counter() - started, 3))
-    report.stage("saving")
-    cache.save(path, key, splits, summary.to_dict())
+
+    def fill(directory: Path) -> dict[str, Any]:
+        if settings.rl is not None:  # preference pairs: their own formats, filters and columns
+            from finetune.data.pairs import write_pair_splits
+
+            summary = write_pair_splits(settings, tokenizer, template, report, directory, key)
+        else:
+            summary = build_streamed(settings, tokenizer, template, report, directory, key)
+        return replace(summary, seconds=round(time.perf_counter() - started, 3)).to_dict()
+
+    summary = cache.commit(path, key, fill)
     loaded = cache.load(path, key)
     if loaded is None:  # pragma: no cover - a concurrent writer replaced it mid-read
         raise DataError(f"{path}: the prepared data vanished right after it was written; run again")
     report.done()
-    return PreparedData(loaded[0]["train"], loaded[0]["eval"], path, summary, False)
-
-
-class SplitStats(NamedTuple):
-    """Counts of one prepared split."""
-
-    samples: int
-    rows: int
-    tokens: int
-    trained_tokens: int
-
-
-NO_SPLIT = SplitStats(0, 0, 0, 0)
+    return PreparedData(loaded[0]["train"], loaded[0]["eval"], path, PrepareSummary.from_dict(summary), False)
 
 
 def build_splits(
@@ -213,20 +149,6 @@ def build_splits(
         near_duplicate_examples=examples,
     )
     return splits, summary
-
-
-def eval_count(settings: Settings, total: int) -> int:
-    """Conversations for eval: ceil(fraction * total) for a fraction, or the count; RecipeError if none left."""
-    size = settings.val_set_size
-    if size == 0:
-        return 0
-    count = int(size) if size >= 1 else math.ceil(round(size * total, 6))
-    if count >= total:
-        raise RecipeError(
-            f"{settings.where('val_set_size')}: val_set_size {size:g} takes {count} of the {total} conversations, "
-            "leaving none to train on; lower it"
-        )
-    return count
 
 
 # --- corpus -------------------------------------------------------------------------------------
@@ -431,41 +353,3 @@ def _rows(ids: Ragged, labels: Ragged, packed: bool, settings: Settings) -> dict
 
 def _nonzero(counts: dict[str, int]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in counts.items() if count) or "nothing"
-
-
-# --- progress ----------------------------------------------------------------------------------------
-
-
-class Progress:
-    """One rate-limited status line on stderr (overwritten in place on a terminal)."""
-
-    def __init__(self, enabled: bool, interval: float = 0.5) -> None:
-        self.enabled = enabled
-        self.interval = interval
-        self.tty = enabled and sys.stderr.isatty()
-        self.started = time.perf_counter()
-        self.last = 0.0
-        self.pending = False
-
-    def stage(self, text: str) -> None:
-        self._emit(text, force=True)
-
-    def update(self, what: str, done: int, total: int, tokens: int) -> None:
-        rate = tokens / max(time.perf_counter() - self.started, 1e-9)
-        self._emit(f"{what} {done:,}/{total:,} conversations ({rate:,.0f} tok/s)", force=done == total)
-
-    def done(self) -> None:
-        if self.enabled and self.tty and self.pending:
-            print(file=sys.stderr, flush=True)
-        self.pending = False
-
-    def _emit(self, text: str, *, force: bool) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (not force and now - self.last < self.interval):
-            return
-        self.last = now
-        if self.tty:
-            print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
-            self.pending = True
-        else:
-            print(text, file=sys.stderr, flush=True)

@@ -8,8 +8,8 @@ format and the source of the data modules). Editing a data file in place, even t
 the same size, therefore misses the cache.
 
 Layout: `<dataset_prepared_path>/<fingerprint>/{train,eval}/` (`datasets.save_to_disk`
-directories with integer list columns) + `summary.json` + `COMPLETE`. A build is
-written into a temporary sibling directory and moved into place with `os.replace`;
+directories with integer list columns, written by finetune.data.shards) + `summary.json` +
+`COMPLETE`. A build is written into a temporary sibling directory and moved into place with `os.replace`;
 `COMPLETE` (holding the fingerprint) is written last, and loading checks it, so a
 crashed or partial write is never loaded.
 """
@@ -21,16 +21,12 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import finetune
 from finetune.config.settings import Settings, data_values
-from finetune.data.pack import Ragged
 from finetune.data.readers import dataset_path
 
 CACHE_FORMAT = 1
@@ -38,8 +34,10 @@ MARKER = "COMPLETE"
 SUMMARY = "summary.json"
 SPLITS = ("train", "eval")
 # Modules whose code decides the prepared tokens; editing them invalidates caches.
-_CODE = ("readers.py", "formats.py", "templates.py", "tokenize.py", "pack.py", "build.py", "cache.py", "neardup.py",
-         "pairs.py")
+_CODE = (
+    "readers.py", "formats.py", "templates.py", "tokenize.py", "pack.py", "build.py", "cache.py", "neardup.py",
+    "stream.py", "parallel.py", "shards.py", "summary.py", "pairs.py",
+)
 
 
 def fingerprint(settings: Settings, tokenizer: Any, template_source: str) -> str:
@@ -99,33 +97,16 @@ def _code_identity() -> dict[str, str]:
 # --- save / load -------------------------------------------------------------------------------
 
 
-def to_dataset(columns: dict[str, Ragged]) -> Any:
-    """A `datasets.Dataset` of int32 list columns, built zero-copy from ragged arrays."""
-    import datasets
-    import pyarrow as pa
-    from datasets.table import InMemoryTable
-
-    arrays = {}
-    for name, ragged in columns.items():
-        big = ragged.offsets[-1] >= 2**31
-        offsets = pa.array(ragged.offsets.astype(np.int64 if big else np.int32))
-        values = pa.array(ragged.values.astype(np.int32, copy=False))
-        cls = pa.LargeListArray if big else pa.ListArray
-        arrays[name] = cls.from_arrays(offsets, values)
-    return datasets.Dataset(InMemoryTable(pa.table(arrays)))
-
-
-def save(directory: Path, key: str, splits: dict[str, dict[str, Ragged] | None], summary: dict[str, Any]) -> None:
-    """Atomically write `directory` (= <prepared>/<key>): splits, summary.json, then the marker."""
+def commit(directory: Path, key: str, fill: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Atomically make `directory` (= <prepared>/<key>): `fill(tmp)` writes the split directories into a
+    temporary sibling and returns the summary; then summary.json, the marker, and the move into place.
+    Whatever `fill` leaves besides the splits (scratch files) must be gone when it returns."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        with _quiet_datasets():
-            for name, columns in splits.items():
-                if columns is not None:
-                    to_dataset(columns).save_to_disk(str(tmp / name))
+        summary = fill(tmp)
         (tmp / SUMMARY).write_text(json.dumps({**summary, "fingerprint": key}, indent=2) + "\n", encoding="utf-8")
         (tmp / MARKER).write_text(key + "\n", encoding="utf-8")
         _replace_dir(tmp, directory)
@@ -133,20 +114,7 @@ def save(directory: Path, key: str, splits: dict[str, dict[str, Ragged] | None],
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     _remove_abandoned(directory.parent, key)
-
-
-@contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """No `datasets` progress bars while saving (our own progress line is enough); restored after."""
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    was_disabled = are_progress_bars_disabled()
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            enable_progress_bars()
+    return summary
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

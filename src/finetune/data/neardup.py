@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 from finetune.data.formats import Sample
@@ -73,29 +74,48 @@ def bands_for(threshold: float, num_perm: int = NUM_PERM) -> int:
 
 def near_duplicates(samples: list[Sample], *, threshold: float, ngram: int, seed: int) -> list[NearDuplicate]:
     """Every sample to remove (in order), each with the earlier kept one it duplicates."""
-    try:
-        from rensa import RMinHash, RMinHashLSH
-    except ImportError:  # pragma: no cover - a main dependency
-        raise MissingDependencyError("dedup: near needs rensa: pip install 'rensa>=0.5,<0.6'") from None
-    lsh = RMinHashLSH(threshold=threshold, num_perm=NUM_PERM, num_bands=bands_for(threshold))
-    kept: dict[int, set[str]] = {}
-    found: list[NearDuplicate] = []
-    for index, sample in enumerate(samples):
-        tokens = shingles(conversation_text(sample), ngram)
-        signature = RMinHash(num_perm=NUM_PERM, seed=seed)
-        signature.update(list(tokens))  # a minimum: order-free
-        best, match = 0.0, -1
-        for candidate in sorted(lsh.query(signature)):
-            similarity = jaccard(tokens, kept[candidate])
-            if similarity > best:
-                best, match = similarity, candidate
-        if best >= threshold:
-            found.append(NearDuplicate(kept=match, removed=index, similarity=round(best, 4)))
-        else:
-            kept[index] = tokens
-            lsh.insert(index, signature)
+    finder = NearDuplicateFinder(threshold=threshold, ngram=ngram, seed=seed, kept_texts={})
+    found = [pair for sample in samples if (pair := finder.check(sample)) is not None]
     logger.info("near-duplicates: %d of %d conversations removed", len(found), len(samples))
     return found
+
+
+class NearDuplicateFinder:
+    """The near-duplicate rule one conversation at a time, in dataset order (see the module doc).
+
+    `check` numbers the conversations it sees 0, 1, 2...; it returns the match for a duplicate (which
+    is not remembered) and None for a kept one, whose MinHash signature joins the LSH index and whose
+    text goes into `kept_texts` (any mapping: a dict, or an on-disk store when the corpus is large),
+    read back only to compute the exact Jaccard similarity of an LSH candidate.
+    """
+
+    def __init__(self, *, threshold: float, ngram: int, seed: int, kept_texts: MutableMapping[int, str]) -> None:
+        try:
+            from rensa import RMinHash, RMinHashLSH
+        except ImportError:  # pragma: no cover - a main dependency
+            raise MissingDependencyError("dedup: near needs rensa: pip install 'rensa>=0.5,<0.6'") from None
+        self._minhash = RMinHash
+        self.lsh = RMinHashLSH(threshold=threshold, num_perm=NUM_PERM, num_bands=bands_for(threshold))
+        self.threshold, self.ngram, self.seed = threshold, ngram, seed
+        self.kept_texts = kept_texts
+        self.seen = 0
+
+    def check(self, sample: Sample) -> NearDuplicate | None:
+        index, self.seen = self.seen, self.seen + 1
+        text = conversation_text(sample)
+        tokens = shingles(text, self.ngram)
+        signature = self._minhash(num_perm=NUM_PERM, seed=self.seed)
+        signature.update(list(tokens))  # a minimum: order-free
+        best, match = 0.0, -1
+        for candidate in sorted(self.lsh.query(signature)):
+            similarity = jaccard(tokens, shingles(self.kept_texts[candidate], self.ngram))
+            if similarity > best:
+                best, match = similarity, candidate
+        if best >= self.threshold:
+            return NearDuplicate(kept=match, removed=index, similarity=round(best, 4))
+        self.kept_texts[index] = text
+        self.lsh.insert(index, signature)
+        return None
 
 
 def excerpts(kept: str, removed: str, chars: int) -> tuple[str, str]:

@@ -122,10 +122,19 @@ def plan_bins(lengths: np.ndarray, capacity: int, seed: int) -> list[np.ndarray]
 def pack(input_ids: Ragged, labels: Ragged, capacity: int, seed: int) -> PackedRows:
     """Pack samples into rows of at most `capacity` tokens (see module doc)."""
     bins = plan_bins(input_ids.lengths, capacity, seed)
+    order, counts = bin_order(bins)
+    return packed_rows(input_ids.take(order), labels.take(order), counts)
+
+
+def bin_order(bins: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(the sample indices of all bins, row after row; the number of samples in each row)."""
     order = np.concatenate(bins) if bins else np.zeros(0, dtype=np.int64)
-    counts = np.array([len(b) for b in bins], dtype=np.int64)
-    ids = input_ids.take(order)
-    labs = labels.take(order)
+    return order, np.array([len(b) for b in bins], dtype=np.int64)
+
+
+def packed_rows(ids: Ragged, labs: Ragged, counts: np.ndarray) -> PackedRows:
+    """Rows from samples already in row order: row i joins the next `counts[i]` samples.
+    `labs` is changed in place (every sample's first label masked)."""
     sample_starts = ids.offsets[:-1]
     labs.values[sample_starts[ids.lengths > 0]] = IGNORE_INDEX
     positions = np.arange(len(ids.values), dtype=np.int64) - np.repeat(sample_starts, ids.lengths)

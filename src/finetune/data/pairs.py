@@ -26,6 +26,7 @@ duplicate pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -302,3 +303,20 @@ def build_pair_splits(settings: Settings, tokenizer: Any, template: Any, report:
         packing_efficiency=None, sequence_len=settings.sequence_len, seconds=0.0,
     )
     return splits, summary
+
+
+def write_pair_splits(settings: Settings, tokenizer: Any, template: Any, report: "Progress", directory: Path,
+                      fingerprint: str) -> "PrepareSummary":
+    """`build_pair_splits`, written into the cache's `directory` as `save_to_disk` splits; returns the summary.
+
+    Pairs are built in memory (preference sets are thousands of pairs, not millions); SFT data streams
+    (finetune.data.stream)."""
+    from finetune.data.shards import SplitWriter
+
+    splits, summary = build_pair_splits(settings, tokenizer, template, report)
+    for name, columns in splits.items():
+        if columns is not None:
+            writer = SplitWriter(directory / name, PAIR_COLUMNS)
+            writer.write(columns)
+            writer.close(fingerprint)
+    return summary

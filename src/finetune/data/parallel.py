@@ -1,0 +1,146 @@
+"""Render + tokenize + mask batches of samples on every core, results in submission order.
+
+`encode_batches` runs `encode_batch` over a stream of jobs, either in this process (`workers`
+1) or in a pool of forked worker processes, with at most two jobs per worker in flight so
+memory stays bounded whatever the corpus. Each worker is single-threaded (the Rust tokenizer's
+own thread pool is turned off there), so N workers use N cores; in this process the tokenizer
+keeps its parallel batch encoding. Forked workers inherit the tokenizer and template (nothing
+is pickled but the samples going out and the token arrays coming back).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from finetune.data.pack import Ragged
+from finetune.data.tokenize import IGNORE_INDEX
+from finetune.errors import DataError
+
+IN_FLIGHT_PER_WORKER = 2
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How one dataset's samples are encoded (its `type` and masking settings)."""
+
+    completion: bool
+    roles_to_train: tuple[str, ...] = ("assistant",)
+    train_on_eos: str = "turn"
+    train_on_inputs: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """A batch of samples, where its first one came from (for errors), and the caller's tag for it."""
+
+    samples: list[Any]
+    options: EncodeOptions
+    first_origin: str
+    tag: Any = None
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """What encoding needs besides the samples (inherited by forked workers)."""
+
+    tokenizer: Any
+    template: Any
+    token_lengths: np.ndarray | None
+
+
+def encode_batch(encoder: Encoder, samples: list[Any], options: EncodeOptions) -> tuple[Ragged, Ragged]:
+    """(input_ids, labels) of the samples, each sample's first label masked (it is never predicted:
+    the model shifts labels, and a packed sample must not predict across a boundary)."""
+    from finetune.data.tokenize import encode_completions, encode_conversations
+
+    if options.completion:
+        pairs = encode_completions(samples, tokenizer=encoder.tokenizer)
+    else:
+        pairs = encode_conversations(
+            samples,
+            template=encoder.template,
+            tokenizer=encoder.tokenizer,
+            roles_to_train=options.roles_to_train,
+            train_on_eos=options.train_on_eos,  # type: ignore[arg-type]
+            train_on_inputs=options.train_on_inputs,
+            token_lengths=encoder.token_lengths,
+        )
+    ids = Ragged.from_arrays([pair[0] for pair in pairs])
+    labels = Ragged.from_arrays([pair[1] for pair in pairs])
+    labels.values[ids.offsets[:-1][ids.lengths > 0]] = IGNORE_INDEX
+    return ids, labels
+
+
+def resolve_workers(setting: int, cores: int | None = None) -> int:
+    """`preprocess_workers`, with 0 (auto) resolved: one process per core on more than 2 cores, else 1.
+
+    On 2 cores the pool measured no faster than this process alone, whose Rust batch encoding
+    already uses both, and each forked worker adds resident memory (docs/benchmarks.md); with more
+    cores the pool also spreads the Python half of the work (rendering, masking) over them.
+    """
+    if setting > 0:
+        return setting
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return cores if cores > 2 else 1
+
+
+def encode_batches(encoder: Encoder, jobs: Iterable[Job], workers: int) -> Iterator[tuple[Job, Ragged, Ragged]]:
+    """(job, input_ids, labels) for every job, in order. A DataError names the batch's first row."""
+    if workers <= 1:
+        for job in jobs:
+            yield job, *_run(encoder, job)
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    # Children must not inherit a used Rust thread pool's state (the tokenizers library would warn
+    # and turn it off); with the variable set while forking they start single-threaded and quiet.
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        pool = context.Pool(workers, initializer=_init_worker, initargs=(encoder,))
+    finally:
+        if previous is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+    try:
+        pending: deque[tuple[Job, Any]] = deque()
+        for job in jobs:
+            pending.append((job, pool.apply_async(_run_in_worker, (job,))))
+            while len(pending) >= workers * IN_FLIGHT_PER_WORKER:
+                done, result = pending.popleft()
+                yield done, *result.get()
+        while pending:
+            done, result = pending.popleft()
+            yield done, *result.get()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _run(encoder: Encoder, job: Job) -> tuple[Ragged, Ragged]:
+    try:
+        return encode_batch(encoder, job.samples, job.options)
+    except DataError as exc:
+        raise DataError(f"{job.first_origin} (or a later row of this batch): {exc}") from None
+
+
+_WORKER: dict[str, Encoder] = {}  # set once in each worker process by _init_worker (empty in the parent)
+
+
+def _init_worker(encoder: Encoder) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (it ends the pool)
+    _WORKER["encoder"] = encoder
+
+
+def _run_in_worker(job: Job) -> tuple[Ragged, Ragged]:
+    return _run(_WORKER["encoder"], job)
