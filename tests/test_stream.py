@@ -234,3 +234,58 @@ def test_auto_workers_are_one_per_core_beyond_two():
 
     assert [resolve_workers(0, cores) for cores in (1, 2, 3, 16)] == [1, 1, 3, 16]
     assert resolve_workers(5, 2) == 5 and resolve_workers(1, 16) == 1
+
+
+JSON_ARRAY = '[\n  {"text": "t0"},\n  {"text": "a \\"quoted\\" ] , [ line", "n": 12345},\n\n  {"text": "t2",\n   "n": -1.5e3}, {"text": "t3"}\n]\n'
+CSV_TEXT = 'text,n\nt0,1\n"multi\nline, quoted",2\n\nt2,3\nt3,4\n'
+
+
+@pytest.mark.parametrize("name, content", [("rows.json", JSON_ARRAY), ("rows.csv", CSV_TEXT)])
+@pytest.mark.parametrize("chunk", [7, 1 << 22])
+def test_json_arrays_and_csv_are_streamed_with_the_rows_and_lines_of_the_whole_file_readers(
+    name, content, chunk, tmp_path, data_settings, monkeypatch
+):
+    from finetune.data import stream_readers
+
+    monkeypatch.setattr(stream_readers, "CHUNK_BYTES", chunk)  # tiny chunks: records span several reads
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + content.encode())
+    dataset = data_settings([{"path": path, "type": "completion"}]).datasets[0]
+    whole = read_dataset(dataset)
+    batches = list(iter_dataset(dataset, 3))
+    assert [len(batch.table.rows) for batch in batches] == [3, 1]
+    assert [row for batch in batches for row in batch.table.rows] == whole.rows and len(whole.rows) == 4
+    assert [batch.table.origins[i] for batch in batches for i in range(len(batch.table.rows))] == [
+        whole.origins[i] for i in range(4)
+    ]
+    assert sum(batch.bytes_read for batch in batches) == path.stat().st_size
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.json", '[{"a": 1},\n {"a": 2}\n {"a": 3}]', r":3: invalid JSON at column 2: expected `,` or `]`"),
+        ("bad.json", '[{"a": 1},\n {"a": 2},\n 5]', r":3: expected each array element to be a JSON object"),
+        ("bad.json", '[{"a": 1},\n {"a": "unterminated}', r":2: invalid JSON"),
+        ("bad.json", '[{"a": 1}]\n{"b": 2}', r"extra data after the closing"),
+        ("bad.json", "[ ]", r"the JSON array is empty"),
+        ("bad.json", '[{"a": 1},\n{"a": 2}', r"the array is not closed"),
+        ("bad.csv", "a,b\n1,2\n3\n", r":3: expected 2 fields"),
+        ("bad.csv", "a,b\n", r"no records after the header row"),
+        ("bad.csv", "  \n\n", r"the file is empty"),
+        ("bad.csv", b"a,b\n1,\xff\n", r":2: not valid UTF-8"),
+    ],
+)
+def test_streamed_json_arrays_and_csv_fail_like_the_whole_file_readers(name, content, message, tmp_path,
+                                                                       data_settings, monkeypatch):
+    from finetune.data import stream_readers
+
+    monkeypatch.setattr(stream_readers, "CHUNK_BYTES", 5)
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    dataset = data_settings([{"path": path, "type": "completion"}]).datasets[0]
+    with pytest.raises(DataError, match=message) as whole:
+        read_dataset(dataset)
+    with pytest.raises(DataError, match=message) as streamed:
+        list(iter_dataset(dataset, 1))
+    assert str(whole.value) == str(streamed.value)

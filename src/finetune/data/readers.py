@@ -110,9 +110,8 @@ class RowBatch:
 def iter_dataset(dataset: DatasetSettings, batch_size: int) -> Iterator[RowBatch]:
     """The rows of one `datasets:` entry in file order, `batch_size` at a time, with their origins.
 
-    JSON lines, Parquet and Arrow directories are streamed (memory does not grow with the file); CSV
-    and JSON arrays are read as `read_dataset` reads them and handed out in batches. Errors are those
-    of `read_dataset`.
+    Every format is streamed (memory does not grow with the file): JSON lines, Parquet and Arrow here,
+    JSON arrays and CSV in finetune.data.stream_readers. Errors are those of `read_dataset`.
     """
     path = dataset_path(dataset)
     fmt = resolve_format(dataset, path)
@@ -125,7 +124,15 @@ def iter_dataset(dataset: DatasetSettings, batch_size: int) -> Iterator[RowBatch
     if fmt == "arrow":
         yield from _stream_arrow(path, dataset, batch_size)
         return
-    table = read_dataset(dataset)  # CSV and JSON arrays: read whole
+    from finetune.data.stream_readers import stream_csv, stream_json_array
+
+    if fmt == "csv" and not path.is_dir():
+        yield from stream_csv(path, batch_size)
+        return
+    if fmt == "json" and not path.is_dir():
+        yield from stream_json_array(path, batch_size)
+        return
+    table = read_dataset(dataset)  # a directory given as parquet/json/csv: read as read_dataset reads it
     for start in range(0, len(table.rows), batch_size):
         rows = table.rows[start : start + batch_size]
         numbers = table.origins.numbers[start : start + batch_size]
@@ -168,8 +175,8 @@ def _record_batch(source: str, rows: list[dict[str, Any]], start: int, row_bytes
 def _first_byte(path: Path) -> bytes:
     """The first non-whitespace byte of a file (b"" when there is none)."""
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 16), b""):
-            stripped = block.lstrip()
+        for number, block in enumerate(iter(lambda: handle.read(1 << 16), b"")):
+            stripped = (block.removeprefix(b"\xef\xbb\xbf") if number == 0 else block).lstrip()
             if stripped:
                 return stripped[:1]
     return b""
@@ -207,10 +214,11 @@ def _stream_json_lines(path: Path, batch_size: int) -> Iterator[RowBatch]:
 def read_json(path: Path, *, lines_only: bool = False) -> RawTable:
     """A JSON array of objects, or one JSON object per line (blank lines skipped)."""
     data = path.read_bytes()
-    start = _first_non_space(data)
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    start = _first_non_space(data[bom:])
     if start < 0:
         raise DataError(f"{path}: the file is empty; expected JSON objects (one per line, or a JSON array)")
-    if data[start : start + 1] == b"[" and not lines_only:
+    if data[bom + start : bom + start + 1] == b"[" and not lines_only:
         return _read_json_array(path, _decode(path, data))
     return _read_json_lines(path, data)
 
