@@ -78,12 +78,10 @@ def export_gguf(settings: Settings, quant: str, *, adapter_dir: str | Path | Non
         os.replace(tmp, final)
         from finetune.export.modelfile import modelfile_text
 
-        _write_text(out_dir / "Modelfile", modelfile_text(f"./{final.name}", template, stop_tokens))
+        write_text_atomically(out_dir / "Modelfile", modelfile_text(f"./{final.name}", template, stop_tokens))
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ExportError(f"no space left on the disk of {out_dir} while exporting {final.name} "
-                              f"({shutil.disk_usage(out_dir).free / 1e9:.1f} GB free); free some space and retry"
-                              ) from None
+        if exc.errno in DISK_FULL:
+            raise disk_full_error(out_dir, final.name) from None
         raise
     finally:
         for path in (tmp, f16_tmp):
@@ -92,6 +90,14 @@ def export_gguf(settings: Settings, quant: str, *, adapter_dir: str | Path | Non
     logger.info("wrote %s (%.2f GB); `ollama create %s -f %s` makes it an Ollama model", final,
                 final.stat().st_size / 1e9, name, out_dir / "Modelfile")
     return final
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(out_dir: Path, name: str) -> ExportError:
+    return ExportError(f"no space left on the disk of {out_dir} while exporting {name} "
+                       f"({shutil.disk_usage(out_dir).free / 1e9:.1f} GB free); free some space and retry")
 
 
 # --- the pieces ---------------------------------------------------------------------------------------
@@ -182,7 +188,7 @@ def _fsync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(text, encoding="utf-8")

@@ -18,17 +18,16 @@ applies to any base GGUF of the same model, whose rounding differs slightly from
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError
+from finetune.export.command import DISK_FULL, write_text_atomically, disk_full_error
 from finetune.export.gguf_llama import ExportError, check_architecture, gguf_name, head_dim, tensor_type
 from finetune.rundir import base_model_dir, read_json, resolve_adapter_dir, stop_token_ids, verify_safetensors
 
@@ -70,10 +69,8 @@ def export_lora_gguf(settings: Settings, quant: str, *, adapter_dir: str | Path 
         if base_gguf is not None:
             _write_modelfile(out_dir, final.name, Path(base_gguf), run_dir)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ExportError(f"no space left on the disk of {out_dir} while exporting {final.name} "
-                              f"({shutil.disk_usage(out_dir).free / 1e9:.1f} GB free); free some space and retry"
-                              ) from None
+        if exc.errno in DISK_FULL:
+            raise disk_full_error(out_dir, final.name) from None
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -178,7 +175,6 @@ def _write_modelfile(out_dir: Path, adapter_name: str, base_gguf: Path, run_dir:
     """A Modelfile: FROM the given base, ADAPTER beside it, the training template and stop tokens."""
     from transformers import AutoTokenizer
 
-    from finetune.export.command import _write_text
     from finetune.export.modelfile import modelfile_text
 
     if not base_gguf.is_file():
@@ -188,4 +184,4 @@ def _write_modelfile(out_dir: Path, adapter_name: str, base_gguf: Path, run_dir:
     stop = [tokenizer.convert_ids_to_tokens(i) for i in stop_token_ids(tokenizer, None, run_dir)]
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     text = modelfile_text(str(base_gguf.resolve()), template, stop, adapter=f"./{adapter_name}")
-    _write_text(out_dir / "Modelfile", text)
+    write_text_atomically(out_dir / "Modelfile", text)
