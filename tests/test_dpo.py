@@ -227,3 +227,34 @@ def test_preprocess_computes_the_reference_once_and_shows_pairs(dpo_recipe, caps
     files = {name: (directory / f"{name}.npy").stat().st_mtime_ns for name in ("train", "eval")}
     preprocess(settings, progress=False)  # a cache hit: nothing recomputed, no model loaded
     assert {name: (directory / f"{name}.npy").stat().st_mtime_ns for name in files} == files
+
+
+@pytest.mark.parametrize("trainer", ["dpo", "sft"])
+def test_building_the_trainer_keeps_the_exact_adapter_values_on_a_4bit_base(trainer, dpo_recipe, tmp_path):
+    # TRL casts the trainable parameters of a quantized model to bf16; an upcast afterwards would keep the bf16
+    # rounding (an SFT adapter continued by DPO would start away from its own reference). They must come back
+    # bit for bit, in float32.
+    import torch
+
+    from finetune.train.run import setup_model
+
+    settings, tokenizer, prepared = dpo_recipe(adapter="qlora", load_in_4bit=True)
+    model, precision = setup_model(settings, tokenizer)
+    _perturb(model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    assert any(not torch.equal(v, v.to(torch.bfloat16).float()) for v in before.values())
+    if trainer == "dpo":
+        built = _trainer(settings, tokenizer, model, prepared.train, tmp_path, precision)
+    else:
+        import datasets
+        from trl import SFTConfig
+
+        from finetune.train.trainer import FinetuneTrainer, TokenCounter
+
+        args = SFTConfig(output_dir=str(tmp_path / "sft"), use_cpu=True, report_to="none", bf16=True,
+                         max_steps=1, dataset_kwargs={"skip_prepare_dataset": True})
+        built = FinetuneTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": [[1, 2]]}), processing_class=tokenizer,
+                                counter=TokenCounter(), pad_id=tokenizer.pad_token_id)
+    after = dict(built.model.named_parameters())
+    for name, value in before.items():
+        assert after[name].dtype == torch.float32 and torch.equal(after[name].detach(), value), name

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError, RecipeError
@@ -111,3 +112,14 @@ def trainable_to_fp32(model: Any) -> int:
             param.data = param.data.float()
             moved += 1
     return moved
+
+
+@contextlib.contextmanager
+def keep_trainable_values(model: Any) -> Iterator[None]:
+    """Put every trainable tensor back as it was (values and dtype) after the block: TRL's SFTTrainer and DPOTrainer cast the
+    trainable parameters of a quantized model to bf16 (a CPU copy of them is held meanwhile)."""
+    kept = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+    yield
+    for name, param in model.named_parameters():
+        if name in kept and param.dtype != kept[name].dtype:
+            param.data = kept[name].to(param.device)

@@ -12,7 +12,7 @@ TRL's DPOTrainer in place of the SFT trainer. Why a thin subclass:
   the datasets cache). Training then runs no reference forward at all.
 - The reference is never a second model: a fresh adapter is disabled (TRL's frozen "ref" copy of it is removed),
   an adapter continued from `lora_model_dir` keeps TRL's frozen copy only when the reference is computed on the fly.
-- TRL casts trainable parameters of a quantized base to bf16; they are put back to fp32 as for SFT.
+- TRL casts trainable parameters of a quantized base to bf16; their fp32 values are put back, as for SFT.
 - Token counters per process (as the SFT trainer keeps them) for the summary and W&B rates.
 """
 
@@ -26,7 +26,7 @@ from trl import DPOTrainer
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError
-from finetune.model.adapters import trainable_to_fp32
+from finetune.model.adapters import keep_trainable_values, trainable_to_fp32
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ class FinetuneDPOTrainer(DPOTrainer):
 
     def __init__(self, *args: Any, counter: Any, cached_reference: bool, keep_ref_adapter: bool,
                  **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        with keep_trainable_values(kwargs["model"]):
+            super().__init__(*args, **kwargs)
         self.counter = counter
         # Training reads the reference from the batch; TRL's config flag stayed off so it hashed and computed nothing.
         self.precompute_ref_logps = cached_reference

@@ -13,14 +13,13 @@ Why a subclass (measured in scripts/bench_train.py, see docs/benchmarks.md):
 - Normalisation: summed log-loss / trained tokens of the whole accumulation window (transformers'
   `num_items_in_batch`, across processes), so micro batch 1 x accumulation 4 == micro batch 4 x 1.
 - TRL casts trainable parameters of a quantized base to bf16; their fp32 values from before are put back (an
-  upcast alone would keep the bf16 rounding of the adapter's initialisation), see `_keep_trainable_values`.
+  upcast alone would keep the bf16 rounding of the adapter's initialisation): `adapters.keep_trainable_values`.
 - Under DeepSpeed ZeRO-3 the head's weight is partitioned: the loss runs as a module of the model tree that
   DeepSpeed gathers the head for, in forward and backward (`finetune.train.zero3.TrainedTokenLoss`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from trl import SFTTrainer
 
 from finetune.config.settings import Settings
 from finetune.loss import trained_token_nll
-from finetune.model.adapters import trainable_to_fp32
+from finetune.model.adapters import keep_trainable_values, trainable_to_fp32
 from finetune.train.collective import all_reduce
 
 
@@ -50,7 +49,7 @@ class FinetuneTrainer(SFTTrainer):
 
     def __init__(self, *args: Any, counter: TokenCounter, pad_id: int, loss_head: str = "fused",
                  **kwargs: Any) -> None:
-        with _keep_trainable_values(kwargs["model"]):
+        with keep_trainable_values(kwargs["model"]):
             super().__init__(*args, **kwargs)
         self.loss_head = loss_head
         self.counter = counter
@@ -105,17 +104,6 @@ class FinetuneTrainer(SFTTrainer):
             self._metrics["train"]["num_tokens"] = [self.counter.tokens]
             self._metrics["train"]["num_trained_tokens"] = [self.counter.trained_tokens]
         return (loss, outputs) if return_outputs else loss
-
-
-@contextlib.contextmanager
-def _keep_trainable_values(model: Any) -> Any:
-    """Put every trainable tensor back as it was (values and dtype) after the block: TRL's SFTTrainer casts the
-    trainable parameters of a quantized model to bf16 (a CPU copy of them is held meanwhile)."""
-    kept = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
-    yield
-    for name, param in model.named_parameters():
-        if name in kept and param.dtype != kept[name].dtype:
-            param.data = kept[name].to(param.device)
 
 
 def torch_clamp_min1(value: Any) -> Any:
