@@ -36,7 +36,7 @@ from finetune.config.settings import Settings
 from finetune.data import cache
 from finetune.data.formats import Sample, format_table, sample_key
 from finetune.data.neardup import conversation_text, drop_filler_turns, excerpts, has_assistant, near_duplicates
-from finetune.data.pack import Ragged, pack, packing_efficiency
+from finetune.data.pack import Ragged, pack
 from finetune.data.readers import Origins, read_dataset
 from finetune.data.stream import EXAMPLE_CHARS, EXAMPLE_PAIRS, build_streamed, eval_count
 from finetune.data.summary import NO_SPLIT, PrepareSummary, Progress, SplitStats
@@ -129,24 +129,9 @@ def build_splits(
     train, evaluation = stats["train"], stats["eval"]
     if train.samples == 0:
         raise DataError(f"no training samples left after filtering; dropped: {_nonzero(dropped)}")
-    summary = PrepareSummary(
-        read=corpus.read_counts,
-        dropped=dropped,
-        truncated=truncated,
-        train_samples=train.samples,
-        eval_samples=evaluation.samples,
-        train_rows=train.rows,
-        eval_rows=evaluation.rows,
-        tokens=train.tokens,
-        trained_tokens=train.trained_tokens,
-        eval_tokens=evaluation.tokens,
-        packing_efficiency=(
-            packing_efficiency(train.tokens, train.rows, settings.sequence_len) if settings.sample_packing else None
-        ),
-        sequence_len=settings.sequence_len,
-        seconds=0.0,
-        filler_turns=filler_turns,
-        near_duplicate_examples=examples,
+    summary = PrepareSummary.of_splits(
+        corpus.read_counts, dropped, truncated, train, evaluation, sequence_len=settings.sequence_len,
+        packed=settings.sample_packing, filler_turns=filler_turns, near_duplicate_examples=examples,
     )
     return splits, summary
 

@@ -295,13 +295,8 @@ def build_pair_splits(settings: Settings, tokenizer: Any, template: Any, report:
         stats[name] = SplitStats(len(rows), len(rows), scored + 2 * len(columns["prompt_ids"].values), scored)
     if stats["train"].samples == 0:
         raise DataError(f"no training pairs left after filtering; dropped: {_nonzero(dropped)}")
-    summary = PrepareSummary(
-        read=read, dropped=dropped, truncated=truncated,
-        train_samples=stats["train"].samples, eval_samples=stats["eval"].samples,
-        train_rows=stats["train"].rows, eval_rows=stats["eval"].rows,
-        tokens=stats["train"].tokens, trained_tokens=stats["train"].trained_tokens, eval_tokens=stats["eval"].tokens,
-        packing_efficiency=None, sequence_len=settings.sequence_len, seconds=0.0,
-    )
+    summary = PrepareSummary.of_splits(read, dropped, truncated, stats["train"], stats["eval"],
+                                       sequence_len=settings.sequence_len, packed=False)
     return splits, summary
 
 

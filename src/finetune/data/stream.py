@@ -35,7 +35,7 @@ import numpy as np
 from finetune.config.settings import Settings
 from finetune.data.formats import Sample, format_table, sample_key
 from finetune.data.neardup import NearDuplicateFinder, conversation_text, drop_filler_turns, excerpts, has_assistant
-from finetune.data.pack import bin_order, packed_rows, packing_efficiency, plan_bins
+from finetune.data.pack import bin_order, packed_rows, plan_bins
 from finetune.data.parallel import EncodeOptions, Encoder, Job, encode_batches, resolve_workers
 from finetune.data.readers import Origins, dataset_path, iter_dataset
 from finetune.data.shards import SplitWriter, TextStore, TokenShards, TokenShardWriter
@@ -66,25 +66,10 @@ def build_streamed(
             for done in write_split(tokenized.shards, plan, Path(directory) / name, fingerprint, chunk):
                 report.update(f"writing {name} rows:", done, plan.stats.rows, tokenized.tokens, unit="rows")
     shutil.rmtree(work, ignore_errors=True)
-    return PrepareSummary(
-        read=tokenized.read_counts,
-        dropped=dropped,
-        truncated=truncated,
-        train_samples=train.samples,
-        eval_samples=evaluation.samples,
-        train_rows=train.rows,
-        eval_rows=evaluation.rows,
-        tokens=train.tokens,
-        trained_tokens=train.trained_tokens,
-        eval_tokens=evaluation.tokens,
-        packing_efficiency=(
-            packing_efficiency(train.tokens, train.rows, settings.sequence_len) if settings.sample_packing else None
-        ),
-        sequence_len=settings.sequence_len,
-        seconds=0.0,
-        filler_turns=tokenized.filler_turns,
-        near_duplicate_examples=tokenized.examples,
-        tokenized_tokens=tokenized.tokens,
+    return PrepareSummary.of_splits(
+        tokenized.read_counts, dropped, truncated, train, evaluation, sequence_len=settings.sequence_len,
+        packed=settings.sample_packing, filler_turns=tokenized.filler_turns,
+        near_duplicate_examples=tokenized.examples, tokenized_tokens=tokenized.tokens,
     )
 
 

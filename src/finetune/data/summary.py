@@ -29,6 +29,21 @@ class PrepareSummary:
     near_duplicate_examples: list[dict[str, Any]] = field(default_factory=list)  # {similarity, kept, removed}
     tokenized_tokens: int = 0  # every token rendered and tokenized (before the length rules), for tokens/s
 
+    @classmethod
+    def of_splits(cls, read: dict[str, int], dropped: dict[str, int], truncated: int, train: "SplitStats",
+                  evaluation: "SplitStats", *, sequence_len: int, packed: bool, **extra: Any) -> "PrepareSummary":
+        """The summary of a build from its split counts (`extra`: filler_turns, near_duplicate_examples, ...)."""
+        from finetune.data.pack import packing_efficiency
+
+        return cls(
+            read=read, dropped=dropped, truncated=truncated,
+            train_samples=train.samples, eval_samples=evaluation.samples,
+            train_rows=train.rows, eval_rows=evaluation.rows,
+            tokens=train.tokens, trained_tokens=train.trained_tokens, eval_tokens=evaluation.tokens,
+            packing_efficiency=packing_efficiency(train.tokens, train.rows, sequence_len) if packed else None,
+            sequence_len=sequence_len, seconds=0.0, **extra,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
