@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterable
 
@@ -75,9 +77,26 @@ def split_conversations(messages: list[Message], gap_seconds: float) -> Iterable
         yield current
 
 
-def chat_rows(messages: list[Message], options: ImportOptions, me_ids: set[str], stats: Stats) -> Iterable[dict]:
-    """The training rows of one chat's text messages (in time order)."""
+def start_time(seconds: float) -> str:
+    """A conversation's start as ISO 8601 (UTC, seconds precision) for the row's `start` field."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def pseudonym(name: str) -> str:
+    """A stable stand-in for a contact label under --redact-names: the same name gives the same label in
+    every file and every run, and the name cannot be read back from it."""
+    return "contact-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:10]
+
+
+def chat_rows(messages: list[Message], options: ImportOptions, me_ids: set[str], stats: Stats,
+              contact: str | None = None) -> Iterable[dict]:
+    """The training rows of one chat's text messages (in time order). Each row carries, beside `messages`,
+    `start` (its first message's time, ISO 8601) and `contact` (the chat's label: the other person or the
+    group's name, a pseudonym under --redact-names; default: the other senders' names joined)."""
     others = {m.sender for m in messages if not is_me(options, me_ids, m)}
+    label = contact if contact is not None else ", ".join(sorted(others))
+    if options.redact_names:
+        label = pseudonym(label)
     names = name_pattern(others) if options.redact_names else None
     pseudonyms = {name: f"Person {i}" for i, name in enumerate(sorted(others), 1)}
     for conversation in split_conversations(messages, options.gap_seconds):
@@ -115,7 +134,7 @@ def chat_rows(messages: list[Message], options: ImportOptions, me_ids: set[str],
         stats.turns += len(turns)
         stats.kept += sum(t[2] for t in turns)
         stats.characters += sum(len(r["content"]) for r in rows)
-        yield {"messages": rows}
+        yield {"messages": rows, "start": start_time(conversation[0].time), "contact": label}
 
 
 class AtomicJsonl:
