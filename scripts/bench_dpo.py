@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one, args.model_dir, args.steps)), flush=True)
         return 0
-    from finetune.tiny import build_tiny_llama
+    from finetune.testing.tiny_llama import build_tiny_llama
 
     if (args.hidden, args.layers) != (64, 2):
         args.model_dir = args.model_dir.with_name(f"{args.model_dir.name}-h{args.hidden}-l{args.layers}")

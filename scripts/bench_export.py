@@ -38,8 +38,8 @@ def build_model(out: Path, layers: int) -> int:
     from transformers import AutoTokenizer, LlamaConfig
 
     from finetune.data.templates import LLAMA3_JINJA
-    from finetune.safetensors_stream import write_index
-    from finetune.tiny import build_tiny_llama
+    from finetune.export.safetensors_stream import write_index
+    from finetune.testing.tiny_llama import build_tiny_llama
 
     out.mkdir(parents=True, exist_ok=True)
     config = LlamaConfig(**SHAPE, num_hidden_layers=layers, max_position_embeddings=131072, rms_norm_eps=1e-5,

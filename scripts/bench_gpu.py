@@ -39,7 +39,7 @@ def build_model_dir(out: Path, dims: dict) -> Path:
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    from finetune.tiny import build_llama3_fast_tokenizer
+    from finetune.testing.tiny_llama import build_llama3_fast_tokenizer
 
     if (out / "model.safetensors.index.json").is_file():
         return out
@@ -112,7 +112,7 @@ def peak_memory() -> dict:
 
 
 def estimate(settings, loss_head: str) -> dict:  # noqa: ANN001
-    from finetune.plan import CUDA_CONTEXT, plan_memory
+    from finetune.plan.estimate import CUDA_CONTEXT, plan_memory
 
     plan = plan_memory(settings, world_size=1, gpu_memory_bytes=24 * GIB, loss_head=loss_head)
     allocated = plan.peak_bytes - CUDA_CONTEXT - plan.get("allocator fragmentation")

@@ -1,4 +1,4 @@
-"""The loss head alone: fused (finetune.loss) vs TRL's tiled function, a row-chunk sweep, and bf16 vs fp32 products.
+"""The loss head alone: fused (finetune.model.loss) vs TRL's tiled function, a row-chunk sweep, and bf16 vs fp32 products.
 
 Forward + backward of the trained-token NLL over N rows against a [V, H] head, as in scripts/bench_train.py
 (2,300 trained rows, 128,256-column vocabulary, hidden 64, bf16 weights). Prints a markdown table.
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from finetune.loss import fused_nll, trained_token_nll
+from finetune.model.loss import fused_nll, trained_token_nll
 
 
 def timed(fn, repeats: int = 2) -> float:

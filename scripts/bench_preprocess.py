@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     args = parser.parse_args(argv)
 
-    from finetune.tiny import build_tiny_llama
+    from finetune.testing.tiny_llama import build_tiny_llama
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-preprocess-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="preprocess_workers (default: the setting's)")
     args = parser.parse_args(argv)
 
-    from finetune.tiny import build_tiny_llama
+    from finetune.testing.tiny_llama import build_tiny_llama
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)

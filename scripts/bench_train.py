@@ -6,7 +6,7 @@ layer, bf16 autocast where the CPU has it, gradient checkpointing, micro batch 1
 packed 4096-token rows (about 60% of tokens trained, like assistant-only chat data). Every variant runs
 in its own subprocess (so peak RSS is its own); the first optimizer step is warm-up and not timed.
 
-Variants: finetune (the fused loss head of finetune.loss), finetune-trlhead (`loss_head: trl`, TRL's tiled
+Variants: finetune (the fused loss head of finetune.model.loss), finetune-trlhead (`loss_head: trl`, TRL's tiled
 ChunkedLogProbFunction in our trainer), trl (plain TRL SFTTrainer), and their -qlora forms. `--hidden 512
 --layers 4` gives the wider tiny model on which the transformer layers weigh more.
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one, args.model_dir, args.steps)), flush=True)
         return 0
-    from finetune.tiny import build_tiny_llama
+    from finetune.testing.tiny_llama import build_tiny_llama
 
     if (args.hidden, args.layers) != (64, 2):
         args.model_dir = args.model_dir.with_name(f"{args.model_dir.name}-h{args.hidden}-l{args.layers}")

@@ -3,7 +3,7 @@
 
 Usage: python scripts/make_tiny_llama.py OUT_DIR [--hidden-size 64] [--layers 2] [--seed 0]
 
-Thin wrapper around :func:`finetune.tiny.build_tiny_llama` (needs `pip install 'finetune[tiny]'`).
+Thin wrapper around :func:`finetune.testing.tiny_llama.build_tiny_llama` (needs `pip install 'finetune[tiny]'`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from finetune.log import configure
-from finetune.tiny import build_tiny_llama
+from finetune.testing.tiny_llama import build_tiny_llama
 
 __all__ = ["build_tiny_llama", "main"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from finetune.data.pack import Ragged, pack
 from finetune.data.templates import resolve_template
 from finetune.data.tokenize import IGNORE_INDEX, encode_conversations
-from finetune.tiny import build_tiny_llama
+from finetune.testing.tiny_llama import build_tiny_llama
 
 CONVERSATIONS = [
     [

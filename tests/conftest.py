@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama 3.1-style model + real Llama 3 tokenizer, built once per session."""
-    from finetune.tiny import build_tiny_llama
+    from finetune.testing.tiny_llama import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
@@ -44,7 +44,7 @@ def meta_chat_format() -> Any:
     from llama_models.llama3.chat_format import ChatFormat
     from llama_models.llama3.tokenizer import Tokenizer
 
-    from finetune.tiny import meta_tokenizer_model_path
+    from finetune.testing.tiny_llama import meta_tokenizer_model_path
 
     return ChatFormat(Tokenizer(meta_tokenizer_model_path()))
 
@@ -287,7 +287,7 @@ def micro_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Pa
     import torch
     from transformers import LlamaForCausalLM
 
-    from finetune.tiny import tiny_llama_config
+    from finetune.testing.tiny_llama import tiny_llama_config
 
     out = tmp_path_factory.mktemp("micro-llama")
     config = tiny_llama_config(hidden_size=32, layers=1)
@@ -300,3 +300,58 @@ def micro_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Pa
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_llama_dir / name, out / name)
     return out
+
+SEED_RECIPE = """
+base_model: NousResearch/Meta-Llama-3.1-8B
+load_in_4bit: true
+strict: false
+chat_template: llama3
+datasets:
+  - path: /path/to/training_data.json
+    type: chat_template
+    message_field_role: role
+    message_field_content: content
+dataset_prepared_path: last_run_prepared
+val_set_size: 0.005
+output_dir: ./outputs/lora-out
+sequence_len: 4096
+sample_packing: true
+eval_sample_packing: false
+pad_to_sequence_len: true
+adapter: qlora
+lora_r: 64
+lora_alpha: 32
+lora_dropout: 0.05
+lora_target_linear: true
+lora_modules_to_save:
+  - embed_tokens
+  - lm_head
+peft_use_dora: true
+gradient_accumulation_steps: 2
+micro_batch_size: 1
+num_epochs: 4
+optimizer: adamw_bnb_8bit
+lr_scheduler: cosine
+learning_rate: 0.0002
+train_on_inputs: false
+bf16: true
+tf32: true
+gradient_checkpointing: true
+logging_steps: 1
+flash_attention: true
+warmup_ratio: 0.1
+evals_per_epoch: 1
+saves_per_epoch: 1
+weight_decay: 0.0
+deepspeed: /path/to/deepspeed_configs/zero2.json
+special_tokens:
+  pad_token: "<|finetune_right_pad_id|>"
+  eos_token: "<|eot_id|>"
+"""
+
+
+def pair_rows(n: int, offset: int = 0) -> list[dict]:
+    """Pairs with a clear preference: the chosen reply always says "yes", the rejected one "no"."""
+    return [{"messages": [{"role": "user", "content": f"Is {i} a number?"}],
+             "chosen": {"role": "assistant", "content": f"yes, {i} is"},
+             "rejected": {"role": "assistant", "content": f"no, {i} is not"}} for i in range(offset, offset + n)]

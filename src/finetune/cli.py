@@ -180,7 +180,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
-    from finetune.pipeline import preprocess
+    from finetune.train.preprocess import preprocess
 
     loaded = _load(args)
     if args.show < 0:
@@ -200,7 +200,7 @@ def _world_size(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from finetune.chat import chat_main
+    from finetune.infer.chat import chat_main
 
     return chat_main(
         _load(args).settings,
@@ -218,7 +218,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from finetune.merge import merge_adapter
+    from finetune.export.merge import merge_adapter
 
     out = merge_adapter(
         _load(args).settings,
@@ -250,7 +250,7 @@ def _export(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from finetune.evaluate import evaluate_main
+    from finetune.infer.evaluate import evaluate_main
 
     loaded = _load(args)
     return evaluate_main(
@@ -270,7 +270,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from finetune.plan_report import plan_main
+    from finetune.plan.command import plan_main
 
     loaded = _load(args)
     return plan_main(loaded.settings, world_size=_world_size(args), gpu_memory=args.gpu_memory)

@@ -10,7 +10,7 @@ import re
 
 from finetune.errors import MissingDependencyError
 
-# The first TRL release with `trl.kernels.ChunkedLogProbFunction` (finetune.loss, `loss_head: trl`);
+# The first TRL release with `trl.kernels.ChunkedLogProbFunction` (finetune.model.loss, `loss_head: trl`);
 # 1.14 has a `trl.kernels` package without it. Keep in step with pyproject.toml.
 TRL_FLOOR = "1.15.0"
 

@@ -333,7 +333,7 @@ class Settings(Section):
     loss_head: Literal["fused", "trl"] = Field(
         "fused",
         description="Trained-token loss head: fused (one pass over the vocabulary, gradients kept from the forward; "
-        "finetune.loss) | trl (TRL's tiled ChunkedLogProbFunction, recomputes logits in backward; for comparison).",
+        "finetune.model.loss) | trl (TRL's tiled ChunkedLogProbFunction, recomputes logits in backward; for comparison).",
     )
     logging_steps: int = Field(1, gt=0, description="Log every this many optimizer steps.")
     evals_per_epoch: Optional[int] = Field(None, gt=0, description="Evaluations per epoch.")

@@ -26,8 +26,8 @@ from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError
 from finetune.export.gguf_llama import PYTHON_TYPES, ExportError, check_architecture, read_vocab, write_gguf
 # The one place export reads a finished run (its directory, base, merge, tokenizer's end-of-turn tokens) from.
-from finetune.merge import merge_adapter
-from finetune.rundir import (END_OF_TURN_MARKERS, base_model_dir, read_json, resolve_adapter_dir, stop_token_ids,
+from finetune.export.merge import merge_adapter
+from finetune.runs.read import (END_OF_TURN_MARKERS, base_model_dir, read_json, resolve_adapter_dir, stop_token_ids,
                              verify_weights)
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def _merged_model(settings: Settings, run_dir: Path, adapter_dir: str | Path | N
                   merge_tmp: Path) -> Path:
     """A safetensors model folder to export: the full fine-tune, a fresh `output_dir/merged`, or a merge into
     `merge_tmp`."""
-    from finetune.safetensors_stream import INDEX_FILE
+    from finetune.export.safetensors_stream import INDEX_FILE
 
     if settings.adapter is None:
         return run_dir

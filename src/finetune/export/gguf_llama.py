@@ -221,7 +221,7 @@ def write_gguf(path: Path, model_dir: Path, vocab: Vocab, name: str, quant: str,
     import numpy as np
     from safetensors import safe_open
 
-    from finetune.safetensors_stream import weight_files
+    from finetune.export.safetensors_stream import weight_files
 
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_architecture(config, str(model_dir / "config.json"))

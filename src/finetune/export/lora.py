@@ -29,7 +29,7 @@ from finetune.config.settings import Settings
 from finetune.errors import FinetuneError
 from finetune.export.command import DISK_FULL, write_text_atomically, disk_full_error
 from finetune.export.gguf_llama import ExportError, check_architecture, gguf_name, head_dim, tensor_type
-from finetune.rundir import base_model_dir, read_json, resolve_adapter_dir, stop_token_ids, verify_safetensors
+from finetune.runs.read import base_model_dir, read_json, resolve_adapter_dir, stop_token_ids, verify_safetensors
 
 logger = logging.getLogger(__name__)
 

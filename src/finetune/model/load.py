@@ -18,8 +18,7 @@ from typing import Any
 
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError, RecipeError
-from finetune.model.tokenizer import require_local_or_cached
-from finetune.rundir import eos_ids
+from finetune.model.tokenizer import eos_ids, require_local_or_cached
 
 # Modules that must be trained in full (and saved with the adapter) when special tokens grow the vocabulary.
 EMBEDDING_MODULES = ("embed_tokens", "lm_head")

@@ -96,3 +96,15 @@ def require_local_or_cached(name: str, where: str, key: str) -> None:
             f"{where}: {key} `{name}` is not a local directory and is not in the Hugging Face cache "
             "(HF_HUB_OFFLINE=1); download it first (`hf download {name}`) or point it at a local directory"
         )
+
+def eos_ids(first: Any, *rest: Any) -> list[int]:
+    """One eos list: `first` (the trained end-of-turn id) then every other id, each once, in order.
+
+    Each argument is None, an id or a list of ids, as `eos_token_id` is in configs.
+    """
+    ids: list[int] = []
+    for value in (first, *rest):
+        for item in [] if value is None else [value] if isinstance(value, int) else list(value):
+            if isinstance(item, int) and item >= 0 and item not in ids:
+                ids.append(item)
+    return ids

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from finetune.config.settings import Settings
-from finetune.deepspeed_config import resolve_deepspeed, zero_stage
+from finetune.config.deepspeed import resolve_deepspeed, zero_stage
 from finetune.errors import FinetuneError
 
 logger = logging.getLogger(__name__)
@@ -194,8 +194,8 @@ def print_memory_plan(settings: Settings, *, world_size: int) -> None:
     """`finetune plan`'s table for this GPU's memory, before anything loads (skipped when shapes are unknown)."""
     import torch
 
-    from finetune.plan import plan_memory
-    from finetune.plan_report import format_plan
+    from finetune.plan.estimate import plan_memory
+    from finetune.plan.command import format_plan
 
     try:
         memory = torch.cuda.get_device_properties(0).total_memory

@@ -38,7 +38,7 @@ DIGESTS = "weight-digests.json"  # {"path:size:mtime_ns": sha256} next to the pr
 
 def reference_key(settings: Settings, data_key: str, precision: Any) -> str:
     """sha256 of everything a reference log-prob depends on (see the module doc)."""
-    from finetune.rundir import base_model_dir
+    from finetune.runs.read import base_model_dir
 
     memo = Path(settings.dataset_prepared_path) / DIGESTS
     digest = hashlib.sha256()
@@ -83,7 +83,7 @@ def sequence_log_probs(model: Any, rows: Any, *, pad_id: int, batch_size: int, f
     """[pairs, 2] (chosen, rejected) summed reply log-probs of `model` (dropout off, no gradients)."""
     import torch
 
-    from finetune.loss import fused_nll
+    from finetune.model.loss import fused_nll
 
     was_training = model.training
     model.eval()

@@ -40,7 +40,7 @@ DUPLICATE_SIGNAL_S = 1.0  # torchrun forwards a terminal's SIGINT that the worke
 
 def checkpoints(output_dir: Path) -> list[Path]:
     """Complete `checkpoint-N` directories by step: trainer state, configs and weights all whole
-    (`finetune.rundir.verify_checkpoint`). Damaged ones are left out with a warning naming them."""
+    (`finetune.runs.read.verify_checkpoint`). Damaged ones are left out with a warning naming them."""
     found = []
     for path in Path(output_dir).glob("checkpoint-*"):
         match = CHECKPOINT.match(path.name)
@@ -51,7 +51,7 @@ def checkpoints(output_dir: Path) -> list[Path]:
 
 def _complete(checkpoint: Path) -> bool:
     from finetune.errors import DataError
-    from finetune.rundir import verify_checkpoint
+    from finetune.runs.read import verify_checkpoint
 
     if not (checkpoint / "trainer_state.json").is_file():
         return False  # killed before the Trainer wrote its state (it does so last): not a checkpoint yet

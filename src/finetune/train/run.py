@@ -56,7 +56,7 @@ def run_training(
     `world_size`, `local_rank`: this process's place in the run (read from the environment once, by the
     worker). `callbacks`: extra TrainerCallbacks (tracking, signals).
     """
-    from finetune.train.checkpoints import seal_checkpoints_callback
+    from finetune.runs.checkpoints import seal_checkpoints_callback
     from finetune.train.progress import progress_callback
     from finetune.train.trainer import TokenCounter, summary_callbacks
 
@@ -218,7 +218,7 @@ def _resume_point(resume: bool | str, output_dir: Path) -> bool | str | None:
     path = Path(resume)
     if not path.is_dir():
         raise FinetuneError(f"cannot resume from {path}: no such checkpoint directory")
-    from finetune.rundir import verify_checkpoint
+    from finetune.runs.read import verify_checkpoint
 
     verify_checkpoint(path)  # a damaged one: a DataError naming the file, not a traceback from torch.load
     return str(path)

@@ -7,7 +7,7 @@ Why a subclass (measured in scripts/bench_train.py, see docs/benchmarks.md):
   position_ids (it rebuilds them from `seq_lengths`), so our collator is used.
 - The loss: TRL's fused LM head scores *every* position off-Triton (CPU) and also computes entropy and
   top-1 for metrics. Here the backbone's final hidden states are gathered at trained positions first and
-  only those go through the trained-token loss head of `finetune.loss` (fused by default, TRL's tiled
+  only those go through the trained-token loss head of `finetune.model.loss` (fused by default, TRL's tiled
   `ChunkedLogProbFunction` with `loss_head: trl`; full-vocabulary logits never exist, on any device).
   The forward still goes through the (possibly DDP-wrapped) model: `logits_to_keep=1`.
 - Normalisation: summed log-loss / trained tokens of the whole accumulation window (transformers'
@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 from trl import SFTTrainer
 
 from finetune.config.settings import Settings
-from finetune.loss import trained_token_nll
+from finetune.model.loss import trained_token_nll
 from finetune.model.adapters import keep_trainable_values, trainable_to_fp32
 from finetune.train.collective import all_reduce
 

@@ -100,7 +100,7 @@ def run_worker(
     from finetune.config import load_recipe
     from finetune.model.tokenizer import load_tokenizer
     from finetune.train import resilience, tracking
-    from finetune.deepspeed_config import resolve_deepspeed
+    from finetune.config.deepspeed import resolve_deepspeed
     from finetune.train.run import run_training
 
     settings = load_recipe(recipe_path, overrides).settings

@@ -31,7 +31,7 @@ import torch
 
 from finetune.config.settings import Settings
 from finetune.errors import RecipeError
-from finetune.loss import trained_token_nll
+from finetune.model.loss import trained_token_nll
 
 LOSS_MODULE_NAME = "finetune_trained_token_loss"
 
@@ -45,7 +45,7 @@ def zero3_enabled() -> bool:
 
 def check_zero3(settings: Settings, *, cpu: bool) -> None:
     """Refuse the combinations ZeRO-3 cannot train correctly (see the module docstring), at their recipe lines."""
-    # an 8-bit base is refused earlier, with the config (finetune.deepspeed_config)
+    # an 8-bit base is refused earlier, with the config (finetune.config.deepspeed)
     if cpu and settings.load_in_4bit and settings.adapter and settings.peft_use_dora:
         raise RecipeError(
             f"{settings.where('peft_use_dora')}: DoRA on a 4-bit base under ZeRO-3 does not run on the CPU (peft's "
@@ -82,7 +82,7 @@ def partition_quantized(model: Any) -> None:
 
 
 class TrainedTokenLoss(torch.nn.Module):
-    """`finetune.loss.trained_token_nll` as a module of the model tree (see the module docstring)."""
+    """`finetune.model.loss.trained_token_nll` as a module of the model tree (see the module docstring)."""
 
     def __init__(self, loss_head: str) -> None:
         super().__init__()

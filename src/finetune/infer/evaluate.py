@@ -1,0 +1,176 @@
+"""`finetune evaluate`: eval loss and perplexity of the base and the fine-tuned model.
+
+The loss is the mean negative log-likelihood per trained token (the same tokens and the same
+masking as training), summed over the whole split before dividing — not a mean of batch means.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from finetune.config.settings import Settings
+from finetune.errors import FinetuneError
+from finetune.runs.read import adapter_kind, read_adapter_config, resolve_adapter_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    model: str
+    loss: float
+    perplexity: float
+    trained_tokens: int
+    rows: int
+    seconds: float
+
+
+def evaluate_main(
+    settings: Settings,
+    *,
+    adapter_dir: Path | None = None,
+    dataset: str | None = None,
+    output: Path | None = None,
+    base: bool = True,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Evaluate and print a table; write the results as JSON (default `output_dir/eval_results.json`)."""
+    if settings.rl is not None:  # preference pairs: accuracy and reward margins (the reference is always scored)
+        from finetune.infer.evaluate_pairs import evaluate_pairs_main
+
+        return evaluate_pairs_main(settings, adapter_dir=adapter_dir, dataset=dataset, output=output,
+                                   batch_size=batch_size, progress=progress)
+    from finetune.data.build import prepare_data
+    from finetune.model.tokenizer import load_tokenizer
+
+    adapter_dir = trained_dir(settings, adapter_dir)
+    tokenizer = load_tokenizer(settings)
+    rows_settings = _dataset_settings(settings, dataset) if dataset else settings
+    prepared = prepare_data(rows_settings, tokenizer, progress=progress)
+    rows = prepared.train if dataset else prepared.eval
+    if rows is None or len(rows) == 0:
+        raise FinetuneError(
+            f"{settings.where('val_set_size')}: no validation split to evaluate; set val_set_size or pass --dataset FILE"
+        )
+    results = evaluate_rows(settings, tokenizer, rows, adapter_dir=adapter_dir, base=base,
+                            batch_size=batch_size or settings.eval_batch_size or settings.micro_batch_size,
+                            progress=progress)
+    print(format_results(results))
+    output = Path(output or Path(settings.output_dir) / "eval_results.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {output}")
+    return 0
+
+
+def evaluate_rows(
+    settings: Settings,
+    tokenizer: Any,
+    rows: Any,
+    *,
+    adapter_dir: Path,
+    base: bool,
+    batch_size: int,
+    progress: bool = False,
+) -> list[EvalResult]:
+    """Fine-tuned (and optionally base) model results on prepared `rows`; `adapter_dir` as `trained_dir` gives it."""
+    from finetune.data.collate import make_collator
+    from finetune.model.load import load_model, place_for_inference
+
+    collate = make_collator(settings, tokenizer)
+    model = place_for_inference(load_model(settings, tokenizer, training=False), settings).eval()
+    results = []
+    if not base:
+        logger.info("base comparison skipped (--no-base): only the fine-tuned model is scored")
+    if settings.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+        if base:
+            with model.disable_adapter():
+                results.append(_score(model, rows, collate, batch_size, "base", progress))
+    else:  # full fine-tune: score the base first, then replace it by the trained model
+        from transformers import AutoModelForCausalLM
+
+        if base:
+            results.append(_score(model, rows, collate, batch_size, "base", progress))
+        dtype = model.dtype
+        del model
+        model = place_for_inference(AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=dtype), settings).eval()
+    results.append(_score(model, rows, collate, batch_size, "fine-tuned", progress))
+    return results
+
+
+def trained_dir(settings: Settings, adapter_dir: Path | None) -> Path:
+    """The run to score (`--adapter DIR`, else output_dir), checked whole: an adapter run's adapter, or a full
+    fine-tune's model. Never the untouched base under the "fine-tuned" label: a FinetuneError instead."""
+    if settings.adapter:
+        path = resolve_adapter_dir(settings, adapter_dir)
+        read_adapter_config(path)
+        return path
+    path = Path(adapter_dir if adapter_dir is not None else settings.output_dir).expanduser()
+    if not (path / "config.json").is_file():
+        raise FinetuneError(
+            f"no fine-tuned model in {path} (config.json missing): a full fine-tune saves its model there; "
+            "evaluating now would score the untouched base. Run `finetune train` first or pass --adapter DIR"
+        )
+    adapter_kind(path)  # config and weights whole, else a DataError naming the file
+    return path
+
+
+def _score(model: Any, rows: Any, collate: Any, batch_size: int, name: str, progress: bool) -> EvalResult:
+    import torch
+
+    from finetune.model.loss import trained_token_nll
+
+    start = time.perf_counter()
+    total_nll, total_count = 0.0, 0
+    device = next(model.parameters()).device
+    config = model.config.get_text_config()
+    with torch.no_grad():
+        for first in range(0, len(rows), batch_size):
+            batch = collate([rows[i] for i in range(first, min(first + batch_size, len(rows)))])
+            batch = {key: value.to(device) for key, value in batch.items()}
+            labels = batch.pop("labels")
+            out = model(**batch, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+            nll, count = trained_token_nll(out.hidden_states[-1], labels, model.get_output_embeddings(), config)
+            total_nll += float(nll)
+            total_count += int(count)
+            if progress:
+                done = min(first + batch_size, len(rows))
+                print(f"\revaluating {name}: {done}/{len(rows)} rows", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    loss = total_nll / max(total_count, 1)
+    return EvalResult(name, loss, math.exp(min(loss, 700.0)), total_count, len(rows), time.perf_counter() - start)
+
+
+def format_results(results: Sequence[EvalResult]) -> str:
+    lines = [f"{'model':<12} {'eval loss':>10} {'perplexity':>12} {'trained tokens':>15} {'rows':>6}"]
+    for r in results:
+        lines.append(f"{r.model:<12} {r.loss:>10.4f} {r.perplexity:>12.2f} {r.trained_tokens:>15,} {r.rows:>6}")
+    return "\n".join(lines)
+
+
+def _dataset_settings(settings: Settings, dataset: str) -> Settings:
+    """The recipe with its data replaced by `dataset` (same format as the first entry), all of it one split."""
+    first = settings.datasets[0].model_copy(update={"path": dataset})
+    updated = settings.model_copy(
+        update={
+            "datasets": [first],
+            "val_set_size": 0.0,
+            "dedup": False,
+            "sample_packing": settings.packs_eval,
+            "eval_sample_packing": None,
+        }
+    )
+    first._source, first._path = None, ()
+    return updated
