@@ -9,6 +9,7 @@ ways: by the per-language tables in whatsapp_locales.py, and by rules that need 
 - iOS starts media lines with U+200E (U+200F in right-to-left languages) before the `[`, and starts every
   body it writes itself (media, deleted, system notices attributed to the chat's name) with one: such a
   body is not the person's words;
+- a shared location (a maps.google.com or foursquare.com link WhatsApp writes) is not the person's words;
 - a short `<...>` body (Android placeholders) or a trailing `<...>` marker sent many times by several
   people is reported as an unknown placeholder and left out, so a language the tables lack is visible.
 
@@ -35,6 +36,7 @@ _TIME = (rf"(?P<time>\d{{1,2}}[:.]\d{{2}}(?:[:.]\d{{2}})?)"
          rf"(?:[\s\u202f\u00a0]*(?P<ampm>[AaPp]\.?\s?[Mm]\.?|\u0635|\u0645))?")  # Arabic: sabahan / masa'an
 ANDROID = re.compile(rf"^{_M}{_DATE}{_M}[,\u060c]?\s{_TIME}{_M}\s[-\u2013]\s(?P<rest>.*)$")
 IOS = re.compile(rf"^(?P<lead>{_M})\[{_M}{_DATE}{_M}[,\u060c]?\s{_TIME}{_M}\]\s(?P<rest>.*)$")
+IOS_TIME_FIRST = re.compile(rf"^(?P<lead>{_M})\[{_M}{_TIME}{_M},\s{_DATE}{_M}\]\s(?P<rest>.*)$")  # Vietnamese
 
 _NORMAL = str.maketrans({**{c: None for c in MARKS}, **{c: '"' for c in "\u201c\u201d\u201e\u201f\u00ab\u00bb"},
                          **{c: " " for c in "\u00a0\u202f\u2009\u2007"}})
@@ -43,6 +45,10 @@ _FILE_NAME = re.compile(r"^\S[^\n]{0,150}\.[A-Za-z][A-Za-z0-9]{1,4}$")
 _ANGLE = re.compile(r"^<[^<>\n]{1,60}>$")
 _TRAILING_ANGLE = re.compile(r"\s(<[^<>\n]{1,60}>)$")
 _OPTION_LINE = re.compile(r"^\S+: .+ \(\d+ [^()]+\)$")
+# A shared location, any language: `location: https://maps.google.com/?q=51.5,-0.1`, or a place whose last line
+# is its Foursquare page. WhatsApp writes these; the person only tapped "share location".
+_LOCATION = re.compile(r"^[^\n]{0,40}?:? ?https://maps\.google\.com/\?q=-?[\d.]+,-?[\d.]+$"
+                       r"|(?:^|\n)https://foursquare\.com/v/\S+$|^[^\n]{0,120}: https://foursquare\.com/v/\S+$")
 UNKNOWN_MIN_COUNT, UNKNOWN_MIN_SENDERS = 3, 2  # a `<...>` this frequent, from this many people, is WhatsApp's
 
 
@@ -231,6 +237,8 @@ def classify(lines: list[str], marked_line: bool, stats: Stats) -> tuple[str | N
         return "attachment", _caption(lines[1:], stats)
     if _is_poll(lines):
         return "poll", None
+    if _LOCATION.search("\n".join(lines).translate(_NORMAL).strip()):
+        return "location", None
     if key.startswith(TABLES.notices):
         return "system line", None
     if first[:1] in MARKS:  # iOS writes it, the person did not
@@ -248,7 +256,7 @@ def read_whatsapp(path: Path, options: ImportOptions, date_order: str | None, st
     text = _decode(path)
     raw: list[tuple[int, re.Match[str], list[str]]] = []
     for line_no, line in enumerate(text.splitlines(), 1):
-        match = IOS.match(line) or ANDROID.match(line)
+        match = IOS.match(line) or ANDROID.match(line) or IOS_TIME_FIRST.match(line)
         if match:
             raw.append((line_no, match, [match["rest"]]))
         elif raw:

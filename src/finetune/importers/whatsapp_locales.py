@@ -283,7 +283,9 @@ NL = {  # Dutch
                 "Berichten aan uzelf worden end-to-end versleuteld",  # iOS
                 "Berichten en oproepen in deze chat zijn nu beveiligd met end-to-end encryptie",  # A17
                 "Berichten die naar deze groep worden verzonden, zijn nu beveiligd met end-to-end encryptie"],
-    "events": ['{} heeft de groep "{}" gemaakt', '{} heeft de groep "{}" aangemaakt', 'U hebt de groep "{}" gemaakt',
+    "events": ['{} heeft de groep "{}" gemaakt', "{} heeft de groep '{}' aangemaakt", "U hebt de groep '{}' gemaakt",
+               "{} heeft het onderwerp gewijzigd naar '{}'", "U hebt het onderwerp gewijzigd naar '{}'",  # A17
+               'U hebt de groep "{}" gemaakt',
                '{} heeft de groep {} gemaakt', '{} heeft de groep verlaten', 'U hebt de groep verlaten',
                '{} heeft u toegevoegd', 'U hebt {} toegevoegd', '{} heeft {} toegevoegd', '{} heeft u verwijderd',
                'U hebt {} verwijderd', '{} heeft {} verwijderd', '{} is verwijderd', '{} is toegevoegd',
