@@ -43,7 +43,7 @@ _NORMAL = str.maketrans({**{c: None for c in MARKS}, **{c: '"' for c in "\u201c\
 _QUOTES = set('"\u201c\u201d\u201e\u201f\u00ab\u00bb')
 _FILE_NAME = re.compile(r"^\S[^\n]{0,150}\.[A-Za-z][A-Za-z0-9]{1,4}$")
 _ANGLE = re.compile(r"^<[^<>\n]{1,60}>$")
-_TRAILING_ANGLE = re.compile(r"\s(<[^<>\n]{1,60}>)$")
+_TRAILING_ANGLE = re.compile(rf"\s[{MARKS}]*(<[^<>\n]{{1,60}}>)$")
 _OPTION_LINE = re.compile(r"^\S+: .+ \(\d+ [^()]+\)$")
 # A shared location, any language: `location: https://maps.google.com/?q=51.5,-0.1`, or a place whose last line
 # is its Foursquare page. WhatsApp writes these; the person only tapped "share location".
