@@ -40,6 +40,8 @@ IOS_TIME_FIRST = re.compile(rf"^(?P<lead>{_M})\[{_M}{_TIME}{_M},\s{_DATE}{_M}\]\
 
 _NORMAL = str.maketrans({**{c: None for c in MARKS}, **{c: '"' for c in "\u201c\u201d\u201e\u201f\u00ab\u00bb"},
                          **{c: " " for c in "\u00a0\u202f\u2009\u2007"}})
+_MARK = re.compile(f"[{MARKS}]")
+_MARK_CHARS = tuple(MARKS)
 _QUOTES = set('"\u201c\u201d\u201e\u201f\u00ab\u00bb')
 _FILE_NAME = re.compile(r"^\S[^\n]{0,150}\.[A-Za-z][A-Za-z0-9]{1,4}$")
 _ANGLE = re.compile(r"^<[^<>\n]{1,60}>$")
@@ -114,8 +116,11 @@ def _decode(path: Path) -> str:
                         f"re-export the chat or convert the file with iconv") from None
 
 
+_DATE_SPLIT = re.compile(r"[./-]")
+
+
 def _date_parts(date: str) -> list[int]:
-    return [int(p) for p in re.split(r"[./-]", date.translate(_NORMAL))]
+    return [int(p) for p in _DATE_SPLIT.split(date.translate(_NORMAL))]
 
 
 def _date_order(path: Path, dates: list[str], forced: str | None, stats: Stats) -> str:
@@ -123,7 +128,7 @@ def _date_order(path: Path, dates: list[str], forced: str | None, stats: Stats) 
         return forced
     firsts = seconds = 0
     for date in dates:
-        if len(re.split(r"[./-]", date.translate(_NORMAL))[0]) == 4:
+        if len(_DATE_SPLIT.split(date.translate(_NORMAL), 1)[0]) == 4:
             return "ymd"
         a, b, *_ = _date_parts(date)
         firsts = max(firsts, a)
@@ -185,7 +190,7 @@ def _split_sender(rest: str) -> tuple[str, str] | None:
     sender, sep, body = rest.partition(": ")
     if not sep:
         return None
-    if body[:1] not in MARKS:
+    if not body.startswith(_MARK_CHARS):
         marked = re.search(f": (?=[{MARKS}])", rest)
         if marked:
             sender, body = rest[:marked.start()], rest[marked.end():]
@@ -202,10 +207,11 @@ def _is_poll(lines: list[str]) -> bool:
     first = normal(lines[0])
     if len(lines) >= 2 and first.endswith(":") and first[:-1] in TABLES.poll_headers:
         return True
-    # Any language: a lone upper-case `WORD:` line, the question, then only `WORD: text (N votes)` lines.
+    # Any language: a lone `WORD:` line (upper case, or a script without case), the question, then only `WORD: text (N votes)` lines.
     stripped = [line.translate(_NORMAL).strip() for line in lines]
-    return (len(lines) >= 3 and stripped[0].endswith(":") and stripped[0][:-1].isupper()
-            and " " not in stripped[0] and all(_OPTION_LINE.match(line) for line in stripped[2:]))
+    word = stripped[0][:-1]
+    return (len(lines) >= 3 and stripped[0].endswith(":") and word.isalpha() and not any(c.islower() for c in word)
+            and all(_OPTION_LINE.match(line) for line in stripped[2:]))
 
 
 def _caption(lines: list[str], stats: Stats) -> str | None:
@@ -223,31 +229,32 @@ def classify(lines: list[str], marked_line: bool, stats: Stats) -> tuple[str | N
     key = normal(first)
     if not "".join(lines).strip(MARKS + " \t"):
         return "empty", None
-    if marked_line and not _is_poll(lines):  # iOS marks media and attachment lines before the `[`
+    if marked_line and not (key.endswith(":") and _is_poll(lines)):  # iOS marks media and attachment lines before the `[`
         return TABLES.exact.get(key, "media omitted"), _caption(lines[1:], stats)
     kind = TABLES.exact.get(key)
-    if kind is None and any(m in first[1:] for m in MARKS):  # iOS `report.pdf <LRM>document omitted`
-        tail = re.split(f"[{MARKS}]", first)[-1]
+    if kind is None and _MARK.search(first, 1):  # iOS `report.pdf <LRM>document omitted`
+        tail = _MARK.split(first)[-1]
         kind = "media omitted" if TABLES.exact.get(normal(tail)) == "media omitted" else None
     if kind == "media omitted":
         return kind, _caption(lines[1:], stats)
     if kind is not None:
         return kind, None
-    if TABLES.android_attached.match(key) or TABLES.ios_attached.search(key):
+    if key.endswith((")", ">")) and (TABLES.android_attached.match(key) or TABLES.ios_attached.search(key)):
         return "attachment", _caption(lines[1:], stats)
-    if _is_poll(lines):
+    if key.endswith(":") and _is_poll(lines):
         return "poll", None
-    if _LOCATION.search("\n".join(lines).translate(_NORMAL).strip()):
+    if "https://" in lines[-1] and _LOCATION.search("\n".join(lines).translate(_NORMAL).strip()):
         return "location", None
     if key.startswith(TABLES.notices):
         return "system line", None
-    if first[:1] in MARKS:  # iOS writes it, the person did not
+    if first.startswith(_MARK_CHARS):  # iOS writes it, the person did not
         return ("system line" if TABLES.events.match(key) else "marked by WhatsApp (not in the tables)"), None
     text = "\n".join(lines).strip()
-    tail = _TRAILING_ANGLE.search(text.rstrip(MARKS + " "))
-    if tail and normal(tail.group(1)) in TABLES.edited:
-        stats.cleaned["edited marker removed"] += 1
-        text = text.rstrip(MARKS + " ")[:tail.start()].rstrip(MARKS + " ")
+    if text.rstrip(MARKS + " ").endswith(">"):
+        tail = _TRAILING_ANGLE.search(text.rstrip(MARKS + " "))
+        if tail and normal(tail.group(1)) in TABLES.edited:
+            stats.cleaned["edited marker removed"] += 1
+            text = text.rstrip(MARKS + " ")[:tail.start()].rstrip(MARKS + " ")
     return None, text
 
 
@@ -285,9 +292,12 @@ def read_whatsapp(path: Path, options: ImportOptions, date_order: str | None, st
         if body:
             kept.append((line_no, match, sender, body))
     messages = []
+    times: dict[tuple, float] = {}  # messages share minutes; converting local time is the slow part
     for line_no, match, sender, body in _without_unknown_placeholders(kept, stats):
-        time = _timestamp(path, line_no, match["date"], match["time"], match["ampm"], order)
-        messages.append(Message(time, sender, sender, body))
+        when = (match["date"], match["time"], match["ampm"])
+        if when not in times:
+            times[when] = _timestamp(path, line_no, *when, order)
+        messages.append(Message(times[when], sender, sender, body))
     return messages
 
 
