@@ -204,14 +204,19 @@ def _is_event(rest: str, body: str) -> bool:
 
 
 def _is_poll(lines: list[str]) -> bool:
-    first = normal(lines[0])
-    if len(lines) >= 2 and first.endswith(":") and first[:-1] in TABLES.poll_headers:
-        return True
-    # Any language: a lone `WORD:` line (upper case, or a script without case), the question, then only `WORD: text (N votes)` lines.
+    """`POLL:`, the question, `OPTION: tacos (1 vote)` lines: by the tables' header or option words, or in any
+    language by its shape (a lone `WORD:` in upper case or a caseless script, then only option lines)."""
     stripped = [line.translate(_NORMAL).strip() for line in lines]
+    if len(lines) < 2 or not stripped[0].endswith(":"):
+        return False
     word = stripped[0][:-1]
-    return (len(lines) >= 3 and stripped[0].endswith(":") and word.isalpha() and not any(c.islower() for c in word)
-            and all(_OPTION_LINE.match(line) for line in stripped[2:]))
+    if normal(word) in TABLES.poll_headers:
+        return True
+    options = stripped[2:]
+    if not options or not all(_OPTION_LINE.match(line) for line in options):
+        return False
+    known = all(normal(line.split(":", 1)[0]) in TABLES.poll_options for line in options)
+    return known or (word.isalpha() and not any(c.islower() for c in word))
 
 
 def _caption(lines: list[str], stats: Stats) -> str | None:
@@ -229,7 +234,7 @@ def classify(lines: list[str], marked_line: bool, stats: Stats) -> tuple[str | N
     key = normal(first)
     if not "".join(lines).strip(MARKS + " \t"):
         return "empty", None
-    if marked_line and not (key.endswith(":") and _is_poll(lines)):  # iOS marks media and attachment lines before the `[`
+    if marked_line and not (key.endswith(":") and _is_poll(lines)):  # iOS marks media lines before the `[`
         return TABLES.exact.get(key, "media omitted"), _caption(lines[1:], stats)
     kind = TABLES.exact.get(key)
     if kind is None and _MARK.search(first, 1):  # iOS `report.pdf <LRM>document omitted`
