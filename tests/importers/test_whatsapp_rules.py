@@ -142,3 +142,23 @@ def test_rows_carry_contact_and_summary_counts_replies_per_contact(tmp_path: Pat
     per_contact = [line.split() for line in lines if line.startswith("  Alice") or line.startswith("  Bob")]
     assert per_contact == [["Alice", "3", "replies", "12", "words"], ["Bob", "2", "replies", "8", "words"]]
     assert any(line.startswith("how much data: 5 conversations — below the 10 examples OpenAI") for line in lines)
+
+
+def test_direction_marks_drop_ios_bodies_but_only_attachments_on_android(tmp_path: Path, capsys) -> None:
+    """iOS starts what it writes with U+200E; on Android only attachment lines start so. A marked iOS body
+    not in the tables is left out and listed in the summary, so a wrong guess is visible."""
+    messages, stats = read(tmp_path, "\n".join([
+        f"23.03.22 13:31 - Jana: {LRM}Alex.vcf (soubor byl přiložen)",  # Czech: no table, still an attachment
+        f"23.03.22 13:32 - Jana: {LRM}שלום, מה נשמע?",  # a person's words that happen to start with a mark
+        "23.03.22 13:33 - Me: ahoj",
+    ]) + "\n")
+    assert [m.text for m in messages] == ["שלום, מה נשמע?", "ahoj"]
+    assert stats.dropped["attachment"] == 1
+    rc, rows = run(tmp_path, "\n".join([
+        f"[23.03.22 13:31:00] Jana: {LRM}Zprávy a hovory jsou opatřeny koncovým šifrováním.",
+        "[23.03.22 13:32:00] Jana: ahoj", "[23.03.22 13:33:00] Me: nazdar",
+    ]) + "\n", name="ios.txt")
+    assert rc == 0 and [t["content"] for t in rows[0]["messages"]] == ["ahoj", "nazdar"]
+    err = capsys.readouterr().err
+    assert "dropped: marked by WhatsApp (not in the tables)" in err
+    assert "'zprávy a hovory jsou opatřeny koncovým šifrováním': 1 times from 1 senders" in err

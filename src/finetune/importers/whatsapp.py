@@ -7,8 +7,9 @@ ways: by the per-language tables in whatsapp_locales.py, and by rules that need 
 - a line with no `Name: ` part is a system line; so is one whose "name" holds a double quote, or which a
   group-event template matches only when read whole (`Alice created group "Trip: 2023"`);
 - iOS starts media lines with U+200E (U+200F in right-to-left languages) before the `[`, and starts every
-  body it writes itself (media, deleted, system notices attributed to the chat's name) with one: such a
-  body is not the person's words;
+  body it writes itself (media, deleted, system notices attributed to the chat's name) with one: such an
+  iOS body is not the person's words (those not in the tables are listed in the summary, so a wrong guess
+  shows); Android starts attachment lines `IMG-1.jpg (file attached)` with one;
 - a shared location (a maps.google.com or foursquare.com link WhatsApp writes) is not the person's words;
 - a short `<...>` body (Android placeholders) or a trailing `<...>` marker sent many times by several
   people is reported as an unknown placeholder and left out, so a language the tables lack is visible.
@@ -46,6 +47,7 @@ _QUOTES = set('"\u201c\u201d\u201e\u201f\u00ab\u00bb')
 _FILE_NAME = re.compile(r"^\S[^\n]{0,150}\.[A-Za-z][A-Za-z0-9]{1,4}$")
 _ANGLE = re.compile(r"^<[^<>\n]{1,60}>$")
 _TRAILING_ANGLE = re.compile(rf"\s[{MARKS}]*(<[^<>\n]{{1,60}}>)$")
+_ANDROID_FILE = re.compile(r"^\S[^\n]{0,150}\.[a-z0-9]{2,5} \([^()]+\)$")  # on normal(): lower case
 _OPTION_LINE = re.compile(r"^\S+: .+ \(\d+ [^()]+\)$")
 # A shared location, any language: `location: https://maps.google.com/?q=51.5,-0.1`, or a place whose last line
 # is its Foursquare page. WhatsApp writes these; the person only tapped "share location".
@@ -228,8 +230,9 @@ def _caption(lines: list[str], stats: Stats) -> str | None:
     return text
 
 
-def classify(lines: list[str], marked_line: bool, stats: Stats) -> tuple[str | None, str | None]:
-    """(kind of drop or None, the text to keep or None) for one message's body lines."""
+def classify(lines: list[str], ios: bool, marked_line: bool, stats: Stats) -> tuple[str | None, str | None]:
+    """(kind of drop or None, the text to keep or None) for one message's body lines; `ios`: the line has the
+    iOS layout, `marked_line`: iOS marked it (before the `[`) as a media line."""
     first = lines[0]
     key = normal(first)
     if not "".join(lines).strip(MARKS + " \t"):
@@ -252,9 +255,12 @@ def classify(lines: list[str], marked_line: bool, stats: Stats) -> tuple[str | N
         return "location", None
     if key.startswith(TABLES.notices):
         return "system line", None
-    if first.startswith(_MARK_CHARS):  # iOS writes it, the person did not
-        return ("system line" if TABLES.events.match(key) else "marked by WhatsApp (not in the tables)"), None
-    text = "\n".join(lines).strip()
+    if first.startswith(_MARK_CHARS):
+        if ios:  # iOS writes it, the person did not; listed in the summary, so a wrong guess shows
+            return ("system line" if TABLES.events.match(key) else "marked by WhatsApp (not in the tables)"), None
+        if _ANDROID_FILE.match(key):  # Android: `<LRM>IMG-1.jpg (soubor byl přiložen)`, any language
+            return "attachment", _caption(lines[1:], stats)
+    text = "\n".join(lines).strip().lstrip(MARKS)
     if text.rstrip(MARKS + " ").endswith(">"):
         tail = _TRAILING_ANGLE.search(text.rstrip(MARKS + " "))
         if tail and normal(tail.group(1)) in TABLES.edited:
@@ -289,7 +295,8 @@ def read_whatsapp(path: Path, options: ImportOptions, date_order: str | None, st
             stats.drop("system line")
             continue
         sender = parts[0].strip(MARKS + " ~\u00a0\u202f")
-        kind, body = classify([parts[1], *lines[1:]], bool(match.groupdict().get("lead")), stats)
+        ios = "lead" in match.groupdict()
+        kind, body = classify([parts[1], *lines[1:]], ios, bool(ios and match["lead"]), stats)
         if kind is not None:
             stats.drop(kind)
             if kind.startswith("marked"):
