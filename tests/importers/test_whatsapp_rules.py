@@ -71,8 +71,8 @@ def test_placeholder_of_a_language_without_tables_is_dropped_and_reported(tmp_pa
     assert rc == 0
     assert [t["content"] for t in rows[0]["messages"]] == ["ahoj", "<sigh>", "jak se máš", "dobře"]
     err = capsys.readouterr().err
-    assert "dropped: placeholder not in the tables" in err and "'<Média vynechány>': 3 times from 2 senders" in err
-    assert "'<Zpráva byla upravena>': 3 times from 2 senders" in err
+    assert "dropped: placeholder not in the tables" in err and "'<Média vynechány>': 3x, from 2 senders" in err
+    assert "'<Zpráva byla upravena>': 3x, from 2 senders" in err
 
 
 def test_captions_kept_file_names_and_media_dropped(tmp_path: Path) -> None:
@@ -161,4 +161,4 @@ def test_direction_marks_drop_ios_bodies_but_only_attachments_on_android(tmp_pat
     assert rc == 0 and [t["content"] for t in rows[0]["messages"]] == ["ahoj", "nazdar"]
     err = capsys.readouterr().err
     assert "dropped: marked by WhatsApp (not in the tables)" in err
-    assert "'zprávy a hovory jsou opatřeny koncovým šifrováním': 1 times from 1 senders" in err
+    assert "'zprávy a hovory jsou opatřeny koncovým šifrováním': 1x, from 1 sender" in err

@@ -242,7 +242,8 @@ def print_summary(stats: Stats, output: Path, file: IO[str] | None = None, top: 
         print(f"your replies kept per contact (top {min(top, len(stats.replies))} of {len(stats.replies)}):",
               file=file)
         for contact, n in stats.replies.most_common(top):
-            print(f"  {contact[:40]:<40}  {n:>8,} replies  {stats.words[contact]:>10,} words", file=file)
+            print(f"  {contact[:40]:<40}  {n:>8,} {'reply  ' if n == 1 else 'replies'}  "
+                  f"{stats.words[contact]:>10,} words", file=file)
     print(f"how much data: {stats.conversations:,} conversations — {data_size_note(stats.conversations)} "
           f"(a rule of thumb, not measured; see docs/importing-chats.md)", file=file)
     if stats.unknown:
@@ -250,4 +251,6 @@ def print_summary(stats: Stats, output: Path, file: IO[str] | None = None, top: 
               "please report it with the export's language):", file=file)
         ranked = sorted(stats.unknown.items(), key=lambda item: -sum(item[1].values()))
         for text, senders in ranked[:5]:
-            print(f"  {text!r}: {sum(senders.values()):,} times from {len(senders)} senders", file=file)
+            people = len(senders)
+            print(f"  {text!r}: {sum(senders.values()):,}x, from {people} {'sender' if people == 1 else 'senders'}",
+                  file=file)
