@@ -100,7 +100,7 @@ ES = {  # Spanish
     "edited": ["<Se editó este mensaje.>"],  # brief
     "attached": ["archivo adjunto",  # real (lautarobock/whats-flow)
                  "archivo adjuntado", "adjunto"],  # A17 / iOS
-    "poll": ["ENCUESTA", "OPCIÓN"],  # INFERRED (Spanish words; the Italian export in `poll` kept English)
+    "poll": ["ENCUESTA", "OPCIÓN"],  # seen (one parser only; the Italian export in `poll` kept English)
     "chat_file": ["Chat de WhatsApp con {}"],  # A17, CA
 }
 
@@ -131,7 +131,7 @@ PT_BR = {  # Portuguese (Brazil)
                'Você agora é um admin do grupo'],  # iOS PT-BR, A17 pt-rBR
     "edited": ["<Mensagem editada>"],  # seen
     "attached": ["arquivo anexado", "anexado"],  # A17 pt-rBR / iOS
-    "poll": ["ENQUETE", "OPÇÃO"],  # INFERRED
+    "poll": ["ENQUETE", "OPÇÃO"],  # seen (one parser only)
     "chat_file": ["Conversa do WhatsApp com {}"],  # A17 pt-rBR, brief, CA
 }
 
