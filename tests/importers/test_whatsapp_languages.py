@@ -10,6 +10,7 @@ Indonesian `21.41`, Arabic iOS with Arabic-Indic digits); the others are plausib
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,4 @@ def test_arabic_ios_times_read_with_arabic_indic_digits(tmp_path: Path) -> None:
     path = tmp_path / "chat.txt"
     path.write_text(ios_export(LANGUAGES["ar"], RLM), encoding="utf-8")
     messages = read_whatsapp(path, ImportOptions(me="Me"), None, Stats())
-    from datetime import datetime
-
     assert datetime.fromtimestamp(messages[0].time) == datetime(2022, 12, 31, 21, 2, 5)
