@@ -28,12 +28,16 @@ def chat_messages() -> list[dict]:
         msg(4, 30, "Alice", ["check ", {"type": "link", "text": "https://example.com/x"}, " out"]),
         msg(5, 40, "Me", "the grand budapest hotel", edited="2023-11-14T22:20:00"),
         msg(6, 50, "Me", "trust me"),
-        msg(7, 60, "Alice", "", photo="photos/p.jpg"),
+        msg(7, 60, "Alice", "", photo="photos/p.jpg"),  # no caption: nothing to keep
         msg(8, 70, "Alice", "", file="stickers/s.webp", media_type="sticker", sticker_emoji="x"),
-        msg(9, 80, "Alice", "", poll={"question": "POLL-QUESTION"}),
+        # A poll is dropped whole, even were its question in `text` (Telegram puts it in `poll`).
+        msg(9, 80, "Alice", "POLL-QUESTION?", poll={"question": "POLL-QUESTION?", "answers": []}),
         msg(10, 90, "Alice", "unanswered at the end"),
         # 7 hours later: a new conversation
         msg(11, 90 + 7 * HOUR, "Alice", "mail me at alice@example.org or +44 20 7946 0958"),
+        # A photo's caption is Alice's own words: kept as the message, the photo dropped.
+        msg(13, 95 + 7 * HOUR, "Alice", [{"type": "bold", "text": "sunset"}, " from the roof"],
+            photo="photos/q.jpg", width=800, height=600),
         msg(12, 100 + 7 * HOUR, "Me", "card 4111 1111 1111 1111, call 0612 345 678"),
     ]
 
@@ -58,12 +62,15 @@ def test_single_chat_roles_merge_trim_and_gap(tmp_path: Path, capsys) -> None:
         {"role": "assistant", "content": "the grand budapest hotel\ntrust me"},
     ]
     assert [t["role"] for t in second] == ["user", "assistant"]
-    assert "alice@example.org" in second[0]["content"]  # no --redact: nothing changed
+    assert second[0]["content"] == "mail me at alice@example.org or +44 20 7946 0958\nsunset from the roof"
     text = out.read_text()
-    for never in ("SERVICE-LINE", "POLL-QUESTION", "nobody asked", "unanswered at the end"):
+    for never in ("SERVICE-LINE", "POLL-QUESTION", "nobody asked", "unanswered at the end", "photos/"):
         assert never not in text
-    summary = capsys.readouterr().err
-    assert "conversations written" in summary and "media, sticker or poll" in summary
+    summary = {line.rsplit(None, 1)[0].strip(): line.rsplit(None, 1)[1] for line in capsys.readouterr().err.splitlines()
+               if line.startswith(("  dropped", "  cleaned"))}
+    assert summary["dropped: poll"] == "1"
+    assert summary["dropped: media or sticker without a caption"] == "2"
+    assert summary["cleaned: caption kept, media dropped"] == "1"
 
 
 def test_me_by_id_and_redaction(tmp_path: Path, capsys) -> None:
@@ -74,7 +81,7 @@ def test_me_by_id_and_redaction(tmp_path: Path, capsys) -> None:
     first, second = rows(out)
     assert first[0] == {"role": "system", "content": "you are me"}
     assert first[1]["content"] == "hey, seen any good films?\ncheck <url> out"
-    assert second[1] == {"role": "user", "content": "mail me at <email> or <phone>"}
+    assert second[1] == {"role": "user", "content": "mail me at <email> or <phone>\nsunset from the roof"}
     assert second[2] == {"role": "assistant", "content": "card <number>, call <phone>"}
     assert "example.org" not in out.read_text() and "4111" not in out.read_text()
     err = capsys.readouterr().err
@@ -100,6 +107,7 @@ def test_full_account_export_finds_me_and_speaker_names(tmp_path: Path) -> None:
     assert got[1] == [{"role": "user", "content": "Alice: who is coming?\nBob: me!"},
                       {"role": "assistant", "content": "count me in"}]
     assert "me never answers" not in out.read_text()
+    assert [json.loads(line)["contact"] for line in out.read_text().splitlines()] == ["Alice", "Films"]
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -120,7 +128,7 @@ def test_me_never_speaks_lists_senders_and_encoding(tmp_path: Path, capsys) -> N
     export = write(tmp_path, {"name": "Alice", "messages": chat_messages()})
     assert main(["import", "telegram", str(export), "--me", "Nobody", "-o", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert "never speaks" in err and "Me (4), Alice (4)" in err
+    assert "never speaks" in err and "Alice (5), Me (4)" in err
     export.write_bytes(b'{"name": "\xff\xfe", "messages": []}')
     assert main(["import", "telegram", str(export), "--me", "Me", "-o", str(tmp_path / "o.jsonl")]) == 2
     assert "not UTF-8" in capsys.readouterr().err

@@ -85,14 +85,14 @@ def run(args: argparse.Namespace) -> int:
             progress = _Progress(paths[0].stat().st_size, not args.no_progress)
             import_telegram(paths[0], options, out.write, stats, progress)
         else:
-            from finetune.importers.whatsapp import read_whatsapp
+            from finetune.importers.whatsapp import chat_label, read_whatsapp
 
             for path in paths:
                 messages = read_whatsapp(path, options, args.date_order, stats)
                 for m in messages:
                     stats.senders[m.sender] += 1
                     stats.me_spoke += is_me(options, set(), m)
-                for row in chat_rows(messages, options, set(), stats):
+                for row in chat_rows(messages, options, set(), stats, contact=chat_label(path)):
                     out.write(row)
         check_me_spoke(stats, args.me or "(from personal_information)")
         if stats.conversations == 0:

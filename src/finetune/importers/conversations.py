@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterable
 
-from finetune.errors import DataError
+from finetune.errors import DataError, FinetuneError
 from finetune.importers.redact import name_pattern, redact, redact_names
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ class Stats:
     senders: Counter = field(default_factory=Counter)
     me_spoke: int = 0
     notices: list[str] = field(default_factory=list)
+    cleaned: Counter = field(default_factory=Counter)  # kept, but something WhatsApp or the app added was removed
+    unknown: defaultdict = field(default_factory=lambda: defaultdict(Counter))  # placeholder -> sender -> count
+    replies: Counter = field(default_factory=Counter)  # contact -> your messages kept
+    words: Counter = field(default_factory=Counter)  # contact -> words in your messages kept
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] += n
@@ -131,6 +137,8 @@ def chat_rows(messages: list[Message], options: ImportOptions, me_ids: set[str],
         rows = [{"role": "system", "content": options.system}] if options.system else []
         rows += [{"role": role, "content": "\n".join(texts)} for role, texts, _ in turns]
         stats.conversations += 1
+        stats.replies[label] += sum(t[2] for t in turns if t[0] == "assistant")
+        stats.words[label] += sum(len(text.split()) for t in turns if t[0] == "assistant" for text in t[1])
         stats.turns += len(turns)
         stats.kept += sum(t[2] for t in turns)
         stats.characters += sum(len(r["content"]) for r in rows)
@@ -138,7 +146,8 @@ def chat_rows(messages: list[Message], options: ImportOptions, me_ids: set[str],
 
 
 class AtomicJsonl:
-    """Rows written to a temporary file beside `path`, renamed over it only on `commit()`."""
+    """Rows written to a temporary file beside `path`, renamed over it only on `commit()`. A write that fails
+    (a full disk) removes the temporary file and raises a FinetuneError naming the output (exit code 1)."""
 
     def __init__(self, path: Path, overwrite: bool):
         if path.exists() and not overwrite:
@@ -149,17 +158,36 @@ class AtomicJsonl:
         self.file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
 
     def write(self, row: dict) -> None:
-        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        try:
+            self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            self._fail(exc)
 
     def commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self._fail(exc)
 
     def abort(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()  # flushes what is buffered: may fail again on a full disk, and still closes
+        except OSError:
+            pass
         self.tmp.unlink(missing_ok=True)
+
+    def _fail(self, exc: OSError) -> None:
+        self.abort()
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            free = shutil.disk_usage(self.path.parent).free / 1e6
+            raise FinetuneError(f"{self.path}: no space left on the disk while writing ({free:,.0f} MB free); "
+                                f"nothing was written (the partial file was removed) — free some space and "
+                                f"run the import again") from None
+        raise FinetuneError(f"{self.path}: cannot write: {exc.strerror or exc}; nothing was written (the partial "
+                            f"file was removed)") from None
 
 
 def check_me_spoke(stats: Stats, me_label: str) -> None:
@@ -170,13 +198,39 @@ def check_me_spoke(stats: Stats, me_label: str) -> None:
         raise DataError(f"--me {me_label!r} never speaks in this export; senders seen (messages): {seen}")
 
 
-def print_summary(stats: Stats, output: Path, file: IO[str] | None = None) -> None:
+# How much data does style fine-tuning need? A rule of thumb, not measured by finetune; this is the one place
+# it lives (docs/importing-chats.md quotes it). One training example = one conversation written (one row).
+#   OpenAI API docs, supervised fine-tuning guide, "Right number of examples" (developers.openai.com): at
+#     least 10 examples; improvements are seen from 50-100; start with 50 well-crafted ones.
+#   LIMA (Zhou et al. 2023, "LIMA: Less Is More for Alignment", arXiv:2305.11206): 1,000 curated examples
+#     taught a 65B model a consistent response style.
+#   WeClone (github.com/xming521/WeClone, README): about 20,000 cleaned chat samples gave its author a clone
+#     of himself he called only passable.
+DATA_SIZE_RULE = (
+    (10, "below the 10 examples OpenAI's fine-tuning guide requires; import more chats"),
+    (50, "below the 50 examples OpenAI's fine-tuning guide suggests starting with"),
+    (1_000, "past OpenAI's suggested start (50), short of LIMA's 1,000 curated examples"),
+    (20_000, "past LIMA's 1,000 examples, short of the ~20,000 chat samples of WeClone's author"),
+)
+
+
+def data_size_note(conversations: int) -> str:
+    """Where `conversations` training examples stand against DATA_SIZE_RULE (a rule of thumb, not measured)."""
+    for limit, note in DATA_SIZE_RULE:
+        if conversations < limit:
+            return note
+    return "at or past the ~20,000 chat samples of WeClone's author"
+
+
+def print_summary(stats: Stats, output: Path, file: IO[str] | None = None, top: int = 10) -> None:
     file = file or sys.stderr
     rows = [("messages read", stats.read), ("messages kept", stats.kept)]
     rows += [(f"  dropped: {reason}", n) for reason, n in sorted(stats.dropped.items())]
+    rows += [(f"  cleaned: {reason}", n) for reason, n in sorted(stats.cleaned.items())]
     rows += [("conversations written", stats.conversations)]
     rows += [(f"  conversations dropped: {r}", n) for r, n in sorted(stats.conversations_dropped.items())]
     rows += [("turns", stats.turns), ("characters", stats.characters)]
+    rows += [("your replies kept", sum(stats.replies.values())), ("your words kept", sum(stats.words.values()))]
     rows += [(f"redacted: {kind}", n) for kind, n in sorted(stats.redactions.items()) if n]
     width = max(len(k) for k, _ in rows)
     for notice in stats.notices:
@@ -184,3 +238,19 @@ def print_summary(stats: Stats, output: Path, file: IO[str] | None = None) -> No
     print(f"wrote {output}", file=file)
     for key, value in rows:
         print(f"{key:<{width}}  {value:>10,}", file=file)
+    if len(stats.replies) > 1:
+        print(f"your replies kept per contact (top {min(top, len(stats.replies))} of {len(stats.replies)}):",
+              file=file)
+        for contact, n in stats.replies.most_common(top):
+            print(f"  {contact[:40]:<40}  {n:>8,} {'reply  ' if n == 1 else 'replies'}  "
+                  f"{stats.words[contact]:>10,} words", file=file)
+    print(f"how much data: {stats.conversations:,} conversations — {data_size_note(stats.conversations)} "
+          f"(a rule of thumb, not measured; see docs/importing-chats.md)", file=file)
+    if stats.unknown:
+        print("not recognised, left out (probably WhatsApp's own text in a language finetune's tables lack; "
+              "please report it with the export's language):", file=file)
+        ranked = sorted(stats.unknown.items(), key=lambda item: -sum(item[1].values()))
+        for text, senders in ranked[:5]:
+            people = len(senders)
+            print(f"  {text!r}: {sum(senders.values()):,}x, from {people} {'sender' if people == 1 else 'senders'}",
+                  file=file)

@@ -20,14 +20,41 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("number", re.compile(r"(?<!\w)\d(?:[ -]?\d){8,}(?!\w)")),
 ]
 PLACEHOLDERS = {"email": "<email>", "url": "<url>", "phone": "<phone>", "number": "<number>"}
+# Dates and times are not phone numbers: 01.12.2022, 05/06/1990, 31-12-22, 2022-12-01, 21:41, 21:41:05.
+_DATE_OR_TIME = re.compile(r"(?<![\w+])(?:(\d{1,2})([./-])(\d{1,2})\2(?:\d{4}|\d{2})|\d{4}-\d{1,2}-\d{1,2}"
+                           r"|\d{1,2}:\d{2}(?::\d{2})?)(?!\w)")
 
 
 def _phone_digits_ok(text: str) -> bool:
     return sum(c.isdigit() for c in text) >= 8
 
 
+def _dates_and_times(text: str) -> list[tuple[int, int]]:
+    """Spans of dates (day and month within range, either order) and clock times, left as they are."""
+    spans = []
+    for match in _DATE_OR_TIME.finditer(text):
+        if match.group(1) is not None:
+            a, b = int(match.group(1)), int(match.group(3))
+            if not (1 <= a <= 31 and 1 <= b <= 31 and min(a, b) <= 12):
+                continue
+        spans.append(match.span())
+    return spans
+
+
 def redact(text: str, counts: Counter) -> str:
-    """Replace emails, URLs, phone numbers and long digit runs with placeholders; count each."""
+    """Replace emails, URLs, phone numbers and long digit runs with placeholders; count each. Dates and times
+    stay as they are."""
+    kept = _dates_and_times(text)
+    if kept:
+        pieces, last = [], 0
+        for start, end in kept:
+            pieces += [_redact_piece(text[last:start], counts), text[start:end]]
+            last = end
+        return "".join(pieces) + _redact_piece(text[last:], counts)
+    return _redact_piece(text, counts)
+
+
+def _redact_piece(text: str, counts: Counter) -> str:
     for kind, pattern in _PATTERNS:
         def sub(match: re.Match[str], kind: str = kind) -> str:
             if kind == "phone" and not _phone_digits_ok(match.group(0)):
@@ -40,7 +67,9 @@ def redact(text: str, counts: Counter) -> str:
 
 
 def name_pattern(names: set[str]) -> re.Pattern[str] | None:
-    """A pattern matching other participants' full names and their words of 3+ letters."""
+    """A pattern matching other participants' full names and each of their words of 3+ letters, as names:
+    case-sensitive, as written (participant "Will Parker" is "Will" and "Parker", never the verb "will"),
+    and only as whole words."""
     words: set[str] = set()
     for name in names:
         name = name.strip()
@@ -51,7 +80,7 @@ def name_pattern(names: set[str]) -> re.Pattern[str] | None:
     if not words:
         return None
     alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
 
 
 def redact_names(text: str, pattern: re.Pattern[str] | None, counts: Counter) -> str:

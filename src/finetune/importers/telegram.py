@@ -29,31 +29,49 @@ def flatten_text(text: Any) -> str:
     return ""
 
 
-def to_message(obj: Any, stats: Stats) -> Message | None:
-    """A text message, or None (counted by reason) for service messages, media, forwards, empties."""
+def to_message(obj: Any, stats: Stats, path: Path | str = "") -> Message | None:
+    """A text message, or None (counted by reason) for service messages, polls, forwards, media without a
+    caption, empties. A photo, video or file sent with a caption keeps the caption (the sender's own words)
+    as the message; the media itself is dropped."""
     stats.read += 1
     if not isinstance(obj, dict) or obj.get("type") != "message":
         stats.drop("service message")
         return None
-    if any(key in obj for key in MEDIA_KEYS):
-        stats.drop("media, sticker or poll")
+    if "poll" in obj:
+        stats.drop("poll")
         return None
     if "forwarded_from" in obj:
         stats.drop("forwarded")
         return None
     text = flatten_text(obj.get("text")).strip()
+    media = any(key in obj for key in MEDIA_KEYS)
+    if media and (not text or "sticker_emoji" in obj):
+        stats.drop("media or sticker without a caption")
+        return None
     if not text:
         stats.drop("empty")
         return None
+    if media:
+        stats.cleaned["caption kept, media dropped"] += 1
+    return Message(_time(obj, path), str(obj.get("from_id") or ""), str(obj.get("from") or obj.get("from_id") or ""),
+                   text)
+
+
+def _time(obj: dict, path: Path | str) -> float:
+    """Seconds since the epoch from `date_unixtime` (or the ISO `date` of older exports); DataError naming the
+    file and the message otherwise."""
+    where = f"{path}: message {obj.get('id')}"
     if "date_unixtime" in obj:
-        time = float(obj["date_unixtime"])
-    else:
         try:
-            time = datetime.fromisoformat(str(obj.get("date"))).timestamp()
-        except ValueError:
-            raise DataError(f"message {obj.get('id')}: unreadable date {obj.get('date')!r}") from None
-    sender_id = str(obj.get("from_id") or "")
-    return Message(time, sender_id, str(obj.get("from") or sender_id), text)
+            return float(obj["date_unixtime"])
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: date_unixtime {obj['date_unixtime']!r} is not a number of seconds; "
+                            f"re-export the chat from Telegram Desktop (Machine-readable JSON)") from None
+    try:
+        return datetime.fromisoformat(str(obj.get("date"))).timestamp()
+    except ValueError:
+        raise DataError(f"{where}: unreadable date {obj.get('date')!r} (expected ISO 8601 such as "
+                        f"2023-11-14T22:13:20)") from None
 
 
 def import_telegram(path: Path, options: ImportOptions, write: Callable[[dict], None], stats: Stats,
@@ -71,7 +89,7 @@ def import_telegram(path: Path, options: ImportOptions, write: Callable[[dict], 
         for key in stream.items():
             if key == "messages":
                 found = True
-                _chat(stream, options, me_ids, write, stats)
+                _chat(stream, options, me_ids, write, stats, path, meta.get("name"))
             elif key == "personal_information":
                 info = stream.value()
                 if isinstance(info, dict) and info.get("user_id") is not None:
@@ -83,9 +101,12 @@ def import_telegram(path: Path, options: ImportOptions, write: Callable[[dict], 
                         stream.value()
                         continue
                     for _ in stream.elements():
+                        name = None
                         for chat_key in stream.items():
                             if chat_key == "messages":
-                                _chat(stream, options, me_ids, write, stats)
+                                _chat(stream, options, me_ids, write, stats, path, name)
+                            elif chat_key == "name":
+                                name = stream.value()
                             else:
                                 stream.value()
             else:
@@ -100,10 +121,11 @@ def import_telegram(path: Path, options: ImportOptions, write: Callable[[dict], 
 
 
 def _chat(stream: JsonStream, options: ImportOptions, me_ids: set[str], write: Callable[[dict], None],
-          stats: Stats) -> None:
+          stats: Stats, path: Path, name: Any) -> None:
+    """One chat's messages -> rows; `name` (the chat's `name` key, read before its messages) labels them."""
     messages: list[Message] = []
     for _ in stream.elements():
-        message = to_message(stream.value(), stats)
+        message = to_message(stream.value(), stats, path)
         if message is None:
             continue
         messages.append(message)
@@ -111,5 +133,6 @@ def _chat(stream: JsonStream, options: ImportOptions, me_ids: set[str], write: C
         if is_me(options, me_ids, message):
             stats.me_spoke += 1
     messages.sort(key=lambda m: m.time)
-    for row in chat_rows(messages, options, me_ids, stats):
+    contact = name if isinstance(name, str) and name.strip() else None
+    for row in chat_rows(messages, options, me_ids, stats, contact=contact):
         write(row)
