@@ -1,0 +1,280 @@
+"""Meta "Download your information" exports in JSON: Facebook Messenger and Instagram messages.
+
+Layout: `messages/inbox/<thread>/message_1.json` (also `archived_threads/`, `e2ee_cutover/`,
+`message_requests/`...), under `your_facebook_activity/` or `your_instagram_activity/` in newer
+archives, at the top in older ones. Each file is `{participants: [{name}], messages: [...], title,
+thread_path, ...}`, a thread's messages newest first across its files (message_1.json newest).
+Every string is UTF-8 whose bytes were written as latin-1 escapes (`\\u00c3\\u00a9` for é): it is
+repaired here.
+
+Memory: one file (~10,000 messages) is decoded at a time, and one thread's text messages are held
+until its rows are written (they must be put oldest first), so memory is bounded by the largest
+thread, never the archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from finetune.errors import DataError
+from finetune.importers.conversations import ImportOptions, Message, Stats, chat_rows, check_me_spoke
+from finetune.importers.jsonstream import JsonStream
+
+MESSAGE_FILE = re.compile(r"message_(\d+)\.json")
+MEDIA_DIRS = {"photos", "videos", "audio", "gifs", "files", "stickers_used", "media"}
+MEDIA_KEYS = ("photos", "videos", "audio_files", "gifs", "files")
+NOT_AN_EXPORT = ("expected a Messenger/Instagram message file: a JSON object with 'participants' and "
+                 "'messages' (Download your information, format JSON, Messages)")
+
+# Texts Meta writes as if someone said them (English archives; other languages pass as text). From
+# the Messenger and Instagram archives' own strings as public parsers of them filter them.
+_SYSTEM = [
+    r"(?:.+ )?[Rr]eacted .{1,16} to (?:your|a|their|his|her) message ?",
+    r"Liked a message",
+    r".+ sent an attachment\.",
+    r".+ sent a (?:photo|video|GIF|sticker|voice message|link|live location|location)\.",
+    r".+ (?:named the group|changed the group name to) .+",
+    r".+ (?:changed|removed) the group photo\.",
+    r".+ created the group\.?",
+    r".+ (?:left|joined) the group\.",
+    r".+ added .+ to the group\.",
+    r".+ removed .+ from the group\.",
+    r".+ (?:added|removed) .+ as (?:a )?group admin\.",
+    r".+ set (?:the|your|his|her|their) (?:own )?nickname(?: for .+)? to .+",
+    r".+ cleared (?:the|your|his|her|their) (?:own )?nickname.*",
+    r".+ set the (?:emoji|quick reaction) to .+",
+    r".+ changed the (?:chat )?theme.*",
+    r".+ (?:pinned|unpinned) a message\.",
+    r".+ (?:started|joined) (?:a|an audio|a video|the|the video) (?:call|chat)\.",
+    r"The (?:video )?(?:call|chat) ended\.",
+    r"You missed a (?:video )?(?:call|chat) from .+",
+    r".+ missed your (?:video )?(?:call|chat)\.",
+    r"You called .+\.",
+    r".+ created a poll: .+",
+    r".+ voted for .+ in the poll.*",
+    r"This poll is no longer available\.",
+    r"You are now connected on Messenger\.?",
+    r"You can now message and call each other.*",
+    r"Say hi to your new Facebook friend,? .+",
+    r"You(?:'re| are) now friends with .+",
+    r".+ waved at .+",
+    r".+ mentioned you in (?:their|his|her) story\.?",
+]
+SYSTEM_TEXT = re.compile("|".join(f"(?:{p})" for p in _SYSTEM), re.DOTALL)
+
+
+def fix_text(text: str) -> str:
+    """Undo Meta's mojibake: each UTF-8 byte was written as one character U+0000-U+00FF. A string
+    that is not such a byte sequence (a real é, a character above U+00FF) is returned unchanged."""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return text
+
+
+def _number(path: Path) -> int:
+    match = MESSAGE_FILE.fullmatch(path.name)
+    return int(match.group(1)) if match else 0
+
+
+def find_threads(roots: list[Path], kind: str) -> dict[str, list[Path]]:
+    """Thread folder name -> its message_N.json files, from archive folders, thread folders or
+    single files. Files of one thread found in several roots (an archive in parts) are merged."""
+    threads: dict[str, list[Path]] = {}
+    seen: set[Path] = set()
+    for root in roots:
+        if root.is_file():
+            found = [root]
+        elif root.is_dir():
+            found = []
+            for folder, subfolders, names in os.walk(root):
+                subfolders[:] = sorted(d for d in subfolders if d not in MEDIA_DIRS)
+                found += [Path(folder) / n for n in sorted(names) if MESSAGE_FILE.fullmatch(n)]
+            if not found:
+                activity = "your_instagram_activity" if kind == "instagram" else "your_facebook_activity"
+                raise DataError(f"{root}: no message_1.json found under it; expected an unzipped {kind} archive "
+                                f"({activity}/messages/inbox/<thread>/message_1.json), a thread folder or a "
+                                f"message_1.json file")
+        else:
+            raise DataError(f"{root}: no such file or folder")
+        for path in found:
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                threads.setdefault(path.parent.name, []).append(path)
+    return dict(sorted(threads.items()))
+
+
+def _load(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_bytes())
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; {NOT_AN_EXPORT}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg}); {NOT_AN_EXPORT}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise DataError(f"{path}: not a message file: {NOT_AN_EXPORT}")
+    return data
+
+
+def _names(participants: Any) -> list[str]:
+    """[{"name": ...}] (older archives: plain strings), repaired."""
+    names = []
+    for p in participants if isinstance(participants, list) else ():
+        name = p.get("name") if isinstance(p, dict) else p
+        if isinstance(name, str) and name:
+            names.append(fix_text(name))
+    return names
+
+
+def participants_of(path: Path) -> list[str]:
+    """The participants of a message file, read from its head (they come before the messages)."""
+    stream = JsonStream(path, chunk_bytes=1 << 16)
+    try:
+        if stream.peek() != "{":
+            raise DataError(f"{path}: not a message file: {NOT_AN_EXPORT}")
+        for key in stream.items():
+            value = stream.value()
+            if key == "participants":
+                return _names(value)
+    finally:
+        stream.close()
+    return []
+
+
+def infer_me(threads: dict[str, list[Path]]) -> tuple[str, str]:
+    """You: the participant found in the most threads (alone at the top), and how that was found."""
+    counts: Counter = Counter()
+    for files in threads.values():
+        counts.update(set(participants_of(min(files, key=_number))))
+    ranked = counts.most_common(3)
+    shown = ", ".join(f"{name} ({n})" for name, n in ranked) or "none"
+    if len(threads) < 2 or not ranked or (len(ranked) > 1 and ranked[1][1] == ranked[0][1]):
+        raise DataError(f"cannot tell who you are from {len(threads)} thread(s) (participants in the most threads: "
+                        f"{shown}); pass --me 'Your Name' as it appears in the export")
+    name, n = ranked[0]
+    return name, f"--me inferred: {name!r} (a participant in {n} of {len(threads)} threads; pass --me to override)"
+
+
+def _selected(wanted: list[str], title: str, folder: str) -> bool:
+    if not wanted:
+        return True
+    keys = {title.casefold(), folder.casefold(), re.sub(r"_\d+$", "", folder).casefold()}
+    return any(w.casefold() in keys for w in wanted)
+
+
+class MetaReader:
+    """Turns one thread's message objects into text messages, counting what it drops."""
+
+    def __init__(self, stats: Stats):
+        self.stats = stats
+        self.kept_without_media = 0
+        self.reactions = 0
+
+    def message(self, obj: Any, path: Path) -> Message | None:
+        stats = self.stats
+        stats.read += 1
+        if not isinstance(obj, dict):
+            stats.drop("not a message object")
+            return None
+        if obj.get("is_unsent"):
+            stats.drop("unsent")
+            return None
+        if isinstance(obj.get("reactions"), list):
+            self.reactions += len(obj["reactions"])
+        kind = obj.get("type", "Generic")
+        if kind == "Call" or "call_duration" in obj:
+            stats.drop("call")
+            return None
+        if kind not in ("Generic", "Share"):
+            stats.drop("system message (joins, leaves...)")
+            return None
+        content = obj.get("content")
+        text = fix_text(content).strip() if isinstance(content, str) else ""
+        system = bool(text) and SYSTEM_TEXT.fullmatch(text) is not None
+        share = obj.get("share")
+        media = next((key for key in MEDIA_KEYS if obj.get(key)), None) or ("sticker" if obj.get("sticker") else None)
+        if media or share:
+            link = share.get("link") if isinstance(share, dict) else None
+            if not text or system or text == link:
+                stats.drop("sticker" if media == "sticker" else "photo, video, audio, gif or file" if media
+                           else "share (link, post, reel)")
+                return None
+            self.kept_without_media += 1
+        elif system:
+            stats.drop("system text (reactions, group changes, calls...)")
+            return None
+        if not text:
+            stats.drop("empty")
+            return None
+        try:
+            time = float(obj["timestamp_ms"]) / 1000
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{path}: a message without a readable timestamp_ms: {str(obj)[:200]}") from None
+        sender = obj.get("sender_name")
+        sender = fix_text(sender) if isinstance(sender, str) and sender else "(unknown)"
+        return Message(time, sender, sender, text)
+
+
+def import_meta(threads: dict[str, list[Path]], options: ImportOptions, wanted: list[str],
+                write: Callable[[dict], None], stats: Stats,
+                progress: Callable[[int], None] | None = None) -> str:
+    """Rows of every selected thread (`wanted`: titles or folder names; empty: all), one thread at a
+    time. Returns who `--me` is (given, or inferred from the participants)."""
+    if options.me is None:
+        me, how = infer_me(threads)
+        stats.notices.append(how)
+        options = replace(options, me=me)
+    reader = MetaReader(stats)
+    titles: list[str] = []
+    done_bytes = 0
+    for folder, files in threads.items():
+        messages: list[Message] = []
+        seen: set[tuple[float, str, str]] = set()
+        title = None
+        for path in sorted(files, key=_number, reverse=True):  # oldest file first
+            data = _load(path)
+            done_bytes += path.stat().st_size
+            if title is None:
+                title = fix_text(data.get("title") or "") or ", ".join(_names(data.get("participants"))) or folder
+                titles.append(title)
+                if not _selected(wanted, title, folder):
+                    break
+            batch = []
+            for obj in reversed(data["messages"]):  # newest first within a file
+                message = reader.message(obj, path)
+                if message is None:
+                    continue
+                if (message.time, message.sender, message.text) in seen:
+                    stats.drop("duplicate (in two files)")
+                    continue
+                seen.add((message.time, message.sender, message.text))
+                batch.append(message)
+            messages += batch
+            del data
+            if progress is not None:
+                progress(done_bytes)
+        if not messages:
+            continue
+        messages.sort(key=lambda m: m.time)  # stable: equal times keep file order
+        for m in messages:
+            stats.senders[m.sender] += 1
+            stats.me_spoke += m.sender == options.me
+        for row in chat_rows(messages, options, set(), stats, contact=title):
+            write(row)
+    if wanted and not any(_selected(wanted, t, f) for t, f in zip(titles, threads)):
+        raise DataError(f"--thread {', '.join(wanted)}: no such thread; threads: {', '.join(sorted(titles)[:30])}")
+    if reader.kept_without_media:
+        stats.notices.append(f"{reader.kept_without_media:,} message(s) kept their text without their photo, "
+                             f"file or link preview")
+    if reader.reactions:
+        stats.notices.append(f"{reader.reactions:,} reactions ignored (they are not messages)")
+    check_me_spoke(stats, options.me)
+    return options.me
