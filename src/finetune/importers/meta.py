@@ -144,9 +144,11 @@ def participants_of(path: Path) -> list[str]:
             value = stream.value()
             if key == "participants":
                 return _names(value)
+        raise DataError(f"{path}: not a message file (no 'participants'): {NOT_AN_EXPORT}")
+    except DataError as exc:
+        raise DataError(f"{exc}" if NOT_AN_EXPORT in str(exc) else f"{exc}; {NOT_AN_EXPORT}") from None
     finally:
         stream.close()
-    return []
 
 
 def infer_me(threads: dict[str, list[Path]]) -> tuple[str, str]:
@@ -275,6 +277,6 @@ def import_meta(threads: dict[str, list[Path]], options: ImportOptions, wanted: 
         stats.notices.append(f"{reader.kept_without_media:,} message(s) kept their text without their photo, "
                              f"file or link preview")
     if reader.reactions:
-        stats.notices.append(f"{reader.reactions:,} reactions ignored (they are not messages)")
+        stats.notices.append(f"{reader.reactions:,} reaction(s) ignored (they are not messages)")
     check_me_spoke(stats, options.me)
     return options.me
