@@ -67,6 +67,18 @@ _SYSTEM = [
     r".+ mentioned you in (?:their|his|her) story\.?",
 ]
 SYSTEM_TEXT = re.compile("|".join(f"(?:{p})" for p in _SYSTEM), re.DOTALL)
+# Every pattern above holds one of these: a cheap test before the regex, which most texts skip.
+_SYSTEM_WORDS = re.compile("eacted|Liked a message|sent a|group|nickname|set the|theme|pinned|call|chat|poll|"
+                           "connected on|Say hi|now friends|waved|story")
+# Keys of a message that is text only (no media, share, sticker or call).
+PLAIN_KEYS = frozenset({"sender_name", "timestamp_ms", "content", "type", "is_unsent", "reactions",
+                        "is_geoblocked_for_viewer", "is_taken_down", "bumped_message_metadata",
+                        "is_unsent_image_by_messenger_kid_parent"})
+
+
+def is_system_text(text: str) -> bool:
+    """A text Meta wrote about the chat (a reaction, a group change, a call) rather than a message."""
+    return _SYSTEM_WORDS.search(text) is not None and SYSTEM_TEXT.fullmatch(text) is not None
 
 
 def fix_text(text: str) -> str:
@@ -179,6 +191,7 @@ class MetaReader:
         self.stats = stats
         self.kept_without_media = 0
         self.reactions = 0
+        self.senders: dict[str, str] = {}  # as written -> repaired (one copy of each name)
 
     def message(self, obj: Any, path: Path) -> Message | None:
         stats = self.stats
@@ -186,23 +199,26 @@ class MetaReader:
         if not isinstance(obj, dict):
             stats.drop("not a message object")
             return None
+        plain = obj.keys() <= PLAIN_KEYS  # the common case: no media, share or call to look for
         if obj.get("is_unsent"):
             stats.drop("unsent")
             return None
-        if isinstance(obj.get("reactions"), list):
+        if "reactions" in obj and isinstance(obj["reactions"], list):
             self.reactions += len(obj["reactions"])
         kind = obj.get("type", "Generic")
-        if kind == "Call" or "call_duration" in obj:
+        if kind == "Call" or (not plain and "call_duration" in obj):
             stats.drop("call")
             return None
-        if kind not in ("Generic", "Share"):
+        if kind != "Generic" and kind != "Share":
             stats.drop("system message (joins, leaves...)")
             return None
         content = obj.get("content")
         text = fix_text(content).strip() if isinstance(content, str) else ""
-        system = bool(text) and SYSTEM_TEXT.fullmatch(text) is not None
-        share = obj.get("share")
-        media = next((key for key in MEDIA_KEYS if obj.get(key)), None) or ("sticker" if obj.get("sticker") else None)
+        system = is_system_text(text)
+        media = share = None
+        if not plain:
+            share = obj.get("share")
+            media = next((key for key in MEDIA_KEYS if obj.get(key)), None) or ("sticker" if obj.get("sticker") else None)
         if media or share:
             link = share.get("link") if isinstance(share, dict) else None
             if not text or system or text == link:
@@ -220,8 +236,12 @@ class MetaReader:
             time = float(obj["timestamp_ms"]) / 1000
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{path}: a message without a readable timestamp_ms: {str(obj)[:200]}") from None
-        sender = obj.get("sender_name")
-        sender = fix_text(sender) if isinstance(sender, str) and sender else "(unknown)"
+        raw = obj.get("sender_name")
+        sender = self.senders.get(raw) if isinstance(raw, str) else None
+        if sender is None:
+            sender = fix_text(raw) if isinstance(raw, str) and raw else "(unknown)"
+            if isinstance(raw, str):
+                self.senders[raw] = sender
         return Message(time, sender, sender, text)
 
 
@@ -239,6 +259,7 @@ def import_meta(threads: dict[str, list[Path]], options: ImportOptions, wanted: 
     done_bytes = 0
     for folder, files in threads.items():
         messages: list[Message] = []
+        overlap = len({_number(f) for f in files}) < len(files)  # the same message_N.json from two parts
         seen: set[tuple[float, str, str]] = set()
         title = None
         for path in sorted(files, key=_number, reverse=True):  # oldest file first
@@ -254,10 +275,11 @@ def import_meta(threads: dict[str, list[Path]], options: ImportOptions, wanted: 
                 message = reader.message(obj, path)
                 if message is None:
                     continue
-                if (message.time, message.sender, message.text) in seen:
-                    stats.drop("duplicate (in two files)")
-                    continue
-                seen.add((message.time, message.sender, message.text))
+                if overlap:
+                    if (message.time, message.sender, message.text) in seen:
+                        stats.drop("duplicate (in two files)")
+                        continue
+                    seen.add((message.time, message.sender, message.text))
                 batch.append(message)
             messages += batch
             del data
