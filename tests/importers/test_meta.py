@@ -223,3 +223,23 @@ def test_folder_without_messages_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["import", "instagram", str(tmp_path / "takeout"), "-o", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "no message_1.json found" in err and "your_instagram_activity/messages/inbox" in err
+
+
+@pytest.mark.parametrize("text, system", [
+    ("Alice Martin reacted ❤ to your message ", True),
+    ("Reacted 😂 to your message ", True),
+    ("Liked a message", True),
+    ("You sent an attachment.", True),
+    ("Jean-Pierre de la Fontaine left the group.", True),
+    ("Bob set the nickname for Alice Martin to Ali.", True),
+    ("You missed a call from Bob.", True),
+    ("You are now connected on Messenger", True),
+    ("so at the party after the movie she waved at me", False),
+    ("when everyone at the office party finally left the group.", False),
+    ("ok\nBob left the group.", False),
+    ("I called him yesterday", False),
+])
+def test_system_texts(text: str, system: bool) -> None:
+    from finetune.importers.meta import is_system_text
+
+    assert is_system_text(text) is system

@@ -32,41 +32,44 @@ MEDIA_KEYS = ("photos", "videos", "audio_files", "gifs", "files")
 NOT_AN_EXPORT = ("expected a Messenger/Instagram message file: a JSON object with 'participants' and "
                  "'messages' (Download your information, format JSON, Messages)")
 
-# Texts Meta writes as if someone said them (English archives; other languages pass as text). From
-# the Messenger and Instagram archives' own strings as public parsers of them filter them.
+# Texts Meta writes as if someone said them (English archives; other languages pass as text): the
+# strings public parsers of these archives filter (e.g. "X reacted ❤ to your message", "You sent an
+# attachment.", "X named the group ...", "X left the group.", Instagram's "Liked a message"). A name
+# is 1-6 words and a system text is one line, so a real message that merely mentions a group or a
+# call is not caught.
+_N = r"\S+(?: \S+){0,5}"
 _SYSTEM = [
-    r"(?:.+ )?[Rr]eacted .{1,16} to (?:your|a|their|his|her) message ?",
+    rf"(?:{_N} )?[Rr]eacted .{{1,16}} to (?:your|a|their|his|her) message ?",
     r"Liked a message",
-    r".+ sent an attachment\.",
-    r".+ sent a (?:photo|video|GIF|sticker|voice message|link|live location|location)\.",
-    r".+ (?:named the group|changed the group name to) .+",
-    r".+ (?:changed|removed) the group photo\.",
-    r".+ created the group\.?",
-    r".+ (?:left|joined) the group\.",
-    r".+ added .+ to the group\.",
-    r".+ removed .+ from the group\.",
-    r".+ (?:added|removed) .+ as (?:a )?group admin\.",
-    r".+ set (?:the|your|his|her|their) (?:own )?nickname(?: for .+)? to .+",
-    r".+ cleared (?:the|your|his|her|their) (?:own )?nickname.*",
-    r".+ set the (?:emoji|quick reaction) to .+",
-    r".+ changed the (?:chat )?theme.*",
-    r".+ (?:pinned|unpinned) a message\.",
-    r".+ (?:started|joined) (?:a|an audio|a video|the|the video) (?:call|chat)\.",
+    rf"{_N} sent an attachment\.",
+    rf"{_N} sent a (?:photo|video|GIF|sticker|voice message|link|live location|location)\.",
+    rf"{_N} (?:named the group|changed the group name to) .+",
+    rf"{_N} (?:changed|removed) the group photo\.",
+    rf"{_N} created the group\.?",
+    rf"{_N} (?:left|joined) the group\.",
+    rf"{_N} (?:added|removed) {_N} (?:to|from) the group\.",
+    rf"{_N} (?:added|removed) {_N} as (?:a )?group admin\.",
+    rf"{_N} set (?:the|your|his|her|their) (?:own )?nickname(?: for {_N})? to .+",
+    rf"{_N} cleared (?:the|your|his|her|their) (?:own )?nickname.*",
+    rf"{_N} set the (?:emoji|quick reaction) to .+",
+    rf"{_N} changed the (?:chat )?theme.*",
+    rf"{_N} (?:pinned|unpinned) a message\.",
+    rf"{_N} (?:started|joined) (?:a|an audio|a video|the|the video) (?:call|chat)\.",
     r"The (?:video )?(?:call|chat) ended\.",
-    r"You missed a (?:video )?(?:call|chat) from .+",
-    r".+ missed your (?:video )?(?:call|chat)\.",
-    r"You called .+\.",
-    r".+ created a poll: .+",
-    r".+ voted for .+ in the poll.*",
+    rf"You missed a (?:video )?(?:call|chat) from {_N}",
+    rf"{_N} missed your (?:video )?(?:call|chat)\.",
+    rf"You called {_N}\.",
+    rf"{_N} created a poll: .+",
+    rf"{_N} voted for .+ in the poll.*",
     r"This poll is no longer available\.",
     r"You are now connected on Messenger\.?",
     r"You can now message and call each other.*",
-    r"Say hi to your new Facebook friend,? .+",
-    r"You(?:'re| are) now friends with .+",
-    r".+ waved at .+",
-    r".+ mentioned you in (?:their|his|her) story\.?",
+    rf"Say hi to your new Facebook friend,? {_N}",
+    rf"You(?:'re| are) now friends with {_N}",
+    rf"{_N} waved at (?:you|{_N})!?",
+    rf"{_N} mentioned you in (?:their|his|her) story\.?",
 ]
-SYSTEM_TEXT = re.compile("|".join(f"(?:{p})" for p in _SYSTEM), re.DOTALL)
+SYSTEM_TEXT = re.compile("|".join(f"(?:{p})" for p in _SYSTEM))
 # Every pattern above holds one of these: a cheap test before the regex, which most texts skip.
 _SYSTEM_WORDS = re.compile("eacted|Liked a message|sent a|group|nickname|set the|theme|pinned|call|chat|poll|"
                            "connected on|Say hi|now friends|waved|story")
