@@ -291,9 +291,9 @@ def import_meta(threads: dict[str, list[Path]], options: ImportOptions, wanted: 
         if not messages:
             continue
         messages.sort(key=lambda m: m.time)  # stable: equal times keep file order
-        for m in messages:
-            stats.senders[m.sender] += 1
-            stats.me_spoke += m.sender == options.me
+        senders = Counter(m.sender for m in messages)
+        stats.senders.update(senders)
+        stats.me_spoke += senders[options.me]
         for row in chat_rows(messages, options, set(), stats, contact=title):
             write(row)
     if wanted and not any(_selected(wanted, t, f) for t, f in zip(titles, threads)):
