@@ -131,6 +131,7 @@ def test_dm_and_guild_channel(tmp_path: Path, capsys) -> None:
                    "dropped: system message (pin, join, thread...)"):
         assert reason in err
     assert re.search(r"messages read +17\n", err)
+    assert "1 message(s) kept their text without their attachments" in err
 
 
 def test_me_by_id_or_nickname_partitions_and_redaction(tmp_path: Path) -> None:

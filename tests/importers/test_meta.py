@@ -61,6 +61,8 @@ def group_thread() -> list[dict]:
         m(0, BOB, "Bob Lefèvre named the group Film night 🎬."),
         m(5 * S, BOB, "Qui vient vendredi ?"),
         m(6 * S, ALICE, "Moi !"),
+        m(7 * S, ALICE, "regardez l'affiche", photos=[{"uri": "messages/inbox/filmnight_456/photos/2.jpg",
+                                                       "creation_timestamp": 1_700_000_007}]),  # text kept
         m(9 * S, ME, "Moi aussi, j'apporte le pop-corn 🍿"),
         m(12 * S, BOB, "", sticker={"uri": "messages/stickers_used/1.png"}),
         m(20 * S, ALICE, "Alice Martin left the group.", type="Unsubscribe", users=[{"name": ALICE}]),
@@ -116,20 +118,20 @@ def test_messenger_archive(tmp_path: Path, capsys) -> None:
          {"role": "assistant", "content": "Zut ! Je passe ce soir"}],
     ]
     assert by_contact["Film night 🎬"] == [[
-        {"role": "user", "content": f"{BOB}: Qui vient vendredi ?\n{ALICE}: Moi !"},
+        {"role": "user", "content": f"{BOB}: Qui vient vendredi ?\n{ALICE}: Moi !\n{ALICE}: regardez l'affiche"},
         {"role": "assistant", "content": "Moi aussi, j'apporte le pop-corn 🍿"}]]
     assert by_contact["Maman"] == [[{"role": "user", "content": "Maman: Bisous"},
                                     {"role": "assistant", "content": "Bisous maman ❤️"}]]
     text = out.read_text(encoding="utf-8")
     for never in ("UNSENT-SECRET", "youtu.be", "reacted", "call ended", "named the group", "left the group", "Ã",
-                  "stickers_used", "1.jpg"):
+                  "stickers_used", ".jpg"):
         assert never not in text
     err = capsys.readouterr().err
     assert f"--me inferred: '{ME}'" in err
     for reason in ("unsent", "call", "share (link, post, reel)", "photo, video, audio, gif or file", "sticker",
                    "system text (reactions, group changes, calls...)", "system message (joins, leaves...)"):
         assert f"dropped: {reason} " in err
-    assert "1 reaction(s) ignored" in err
+    assert "1 reaction(s) ignored" in err and "1 message(s) kept their text without their photo" in err
 
 
 def test_thread_selection_single_folder_and_file(tmp_path: Path, capsys) -> None:
@@ -186,7 +188,7 @@ def test_me_never_speaks_lists_senders(tmp_path: Path, capsys) -> None:
     root = messenger_archive(tmp_path / "fb")
     assert main(["import", "messenger", str(root), "--me", "Zoe Dupont", "-o", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert "--me 'Zoe Dupont' never speaks" in err and f"{ME} (5)" in err and f"{ALICE} (4)" in err
+    assert "--me 'Zoe Dupont' never speaks" in err and f"{ME} (5)" in err and f"{ALICE} (5)" in err
 
 
 def test_fix_text() -> None:

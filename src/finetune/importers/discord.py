@@ -153,7 +153,7 @@ class DiscordReader:
             self.stats.notices.append(f"--me {self.options.me!r} matched {len(self.me_ids)} accounts "
                                       f"(ids {', '.join(sorted(self.me_ids))}); all count as you")
         if self.media_with_text:
-            self.stats.notices.append(f"{self.media_with_text:,} messages kept their text without their "
+            self.stats.notices.append(f"{self.media_with_text:,} message(s) kept their text without their "
                                       f"attachments or stickers")
 
 
