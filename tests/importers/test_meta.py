@@ -245,3 +245,16 @@ def test_system_texts(text: str, system: bool) -> None:
     from finetune.importers.meta import is_system_text
 
     assert is_system_text(text) is system
+
+
+def test_older_archive_listing_only_the_others_asks_for_me(tmp_path: Path, capsys) -> None:
+    inbox = tmp_path / "old" / "messages" / "inbox"  # older layout, no your_facebook_activity/
+    write_thread(inbox, "alice_1", ALICE, [ALICE], alice_thread())
+    write_thread(inbox, "film_2", "Film night 🎬", [BOB, ALICE], group_thread())
+    write_thread(inbox, "maman_3", "Maman", ["Maman"], [m(0, "Maman", "Bisous"), m(S, ME, "Bisous maman ❤️")])
+    out = tmp_path / "out.jsonl"
+    assert main(["import", "messenger", str(tmp_path / "old"), "-o", str(out)]) == 2
+    assert f"cannot tell who you are from 3 thread(s) (participants in the most threads: {ALICE} (2)" in \
+        capsys.readouterr().err
+    assert main(["import", "messenger", str(tmp_path / "old"), "--me", ME, "-o", str(out)]) == 0
+    assert len(read_rows(out)) == 4

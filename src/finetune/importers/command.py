@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--me", default=None, metavar="NAME",
                    help="you: your display name or Telegram id (user1234); optional for a full Telegram export; "
                         "Discord: your name, display name or user id; Messenger/Instagram: your name, optional "
-                        "(inferred as the participant found in the most threads)")
+                        "(inferred: the participant of (nearly) every thread)")
     p.add_argument("--gap", default="6h", metavar="DURATION",
                    help="a silence longer than this starts a new conversation (90m, 6h, 2d; default 6h)")
     p.add_argument("--system", default=None, help="a system turn at the start of every row")

@@ -167,13 +167,16 @@ def participants_of(path: Path) -> list[str]:
 
 
 def infer_me(threads: dict[str, list[Path]]) -> tuple[str, str]:
-    """You: the participant found in the most threads (alone at the top), and how that was found."""
+    """You: the participant of (nearly) every thread, alone at the top, and how that was found. Not
+    required in every thread: a group you left no longer lists you. Older archives list only the
+    others: then no one is in 3/4 of the threads and `--me` is asked for rather than guessed."""
     counts: Counter = Counter()
     for files in threads.values():
         counts.update(set(participants_of(min(files, key=_number))))
     ranked = counts.most_common(3)
     shown = ", ".join(f"{name} ({n})" for name, n in ranked) or "none"
-    if len(threads) < 2 or not ranked or (len(ranked) > 1 and ranked[1][1] == ranked[0][1]):
+    if (len(threads) < 2 or not ranked or ranked[0][1] < 0.75 * len(threads)
+            or (len(ranked) > 1 and ranked[1][1] == ranked[0][1])):
         raise DataError(f"cannot tell who you are from {len(threads)} thread(s) (participants in the most threads: "
                         f"{shown}); pass --me 'Your Name' as it appears in the export")
     name, n = ranked[0]
