@@ -194,3 +194,28 @@ def test_not_an_export_exit_2(tmp_path: Path, capsys, content: str, expected: st
     err = capsys.readouterr().err
     assert expected in err and str(path) in err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("guild_, channel, label", [
+    ({"id": "0", "name": "Direct Messages"}, {"id": "1", "type": "DirectTextChat", "name": "Alice"}, "Alice"),
+    ({"id": "0", "name": "Direct Messages"}, {"id": "1", "type": "DirectGroupTextChat", "name": "Alice, Bob"},
+     "Alice, Bob"),
+    ({"id": "7", "name": "Film Club"}, {"id": "2", "type": "GuildTextChat", "category": "Text", "name": "general"},
+     "Film Club / #general"),
+    ({"id": "7", "name": "Film Club"}, {"id": "3", "type": "GuildPublicThread", "category": "general",
+                                        "name": "Friday"}, "Film Club / #general / Friday"),
+])
+def test_contact_labels(guild_: dict, channel: dict, label: str) -> None:
+    from finetune.importers.discord import channel_label
+
+    assert channel_label(guild_, channel) == label
+
+
+def test_timestamps_as_dotnet_writes_them() -> None:
+    from finetune.importers.discord import parse_time
+
+    base = parse_time("2023-01-15T10:30:00+00:00")
+    assert base == 1673778600.0
+    assert parse_time("2023-01-15T12:30:00.1234567+02:00") == pytest.approx(base + 0.123456)
+    assert parse_time("2023-01-15T10:30:00.12Z") == pytest.approx(base + 0.12)
+    assert parse_time("15/01/2023 10:30") is None and parse_time(None) is None
