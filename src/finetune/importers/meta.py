@@ -224,7 +224,8 @@ class MetaReader:
         media = share = None
         if not plain:
             share = obj.get("share")
-            media = next((key for key in MEDIA_KEYS if obj.get(key)), None) or ("sticker" if obj.get("sticker") else None)
+            media = next((key for key in MEDIA_KEYS if obj.get(key)), None)
+            media = media or ("sticker" if obj.get("sticker") else None)
         if media or share:
             link = share.get("link") if isinstance(share, dict) else None
             if not text or system or text == link:
