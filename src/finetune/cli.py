@@ -119,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
 
     from finetune.importers.command import add_arguments as import_arguments
 
-    p = command("import", _import, "turn a Telegram or WhatsApp chat export into chat_template JSONL rows",
+    p = command("import", _import,
+                "turn a chat export (Telegram, WhatsApp, Discord, Messenger, Instagram) into chat_template JSONL rows",
                 recipe=False)
     import_arguments(p)
 

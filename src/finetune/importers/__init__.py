@@ -1,1 +1,2 @@
-"""`finetune import`: Telegram and WhatsApp chat exports to chat_template JSONL rows."""
+"""`finetune import`: Telegram, WhatsApp, Discord, Messenger and Instagram chat exports to chat_template
+JSONL rows."""

@@ -11,12 +11,17 @@ from finetune.errors import DataError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", choices=["telegram", "whatsapp"], help="which app the export comes from")
+    p.add_argument("kind", choices=["telegram", "whatsapp", "discord", "messenger", "instagram"],
+                   help="which app the export comes from")
     p.add_argument("exports", nargs="+", metavar="EXPORT",
-                   help="Telegram result.json, or one or more WhatsApp .txt files")
+                   help="Telegram result.json, or one or more WhatsApp .txt files, or DiscordChatExporter .json "
+                        "files, or a Messenger/Instagram archive folder (unzipped Download your information, "
+                        "JSON), thread folder or message_1.json")
     p.add_argument("--output", "-o", required=True, metavar="FILE.jsonl", help="rows {\"messages\": [...]} go here")
     p.add_argument("--me", default=None, metavar="NAME",
-                   help="you: your display name or Telegram id (user1234); optional for a full Telegram export")
+                   help="you: your display name or Telegram id (user1234); optional for a full Telegram export; "
+                        "Discord: your name, display name or user id; Messenger/Instagram: your name, optional "
+                        "(inferred: the participant of (nearly) every thread)")
     p.add_argument("--gap", default="6h", metavar="DURATION",
                    help="a silence longer than this starts a new conversation (90m, 6h, 2d; default 6h)")
     p.add_argument("--system", default=None, help="a system turn at the start of every row")
@@ -28,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redact-names", action="store_true", help="replace the other participants' names with <name>")
     p.add_argument("--date-order", choices=["dmy", "mdy"], default=None,
                    help="WhatsApp: day-first or month-first dates (default: inferred from the file)")
+    p.add_argument("--thread", action="append", default=None, metavar="NAME",
+                   help="Messenger/Instagram: import only this conversation (its title or folder name; repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
@@ -68,9 +75,14 @@ def run(args: argparse.Namespace) -> int:
                             min_turns=args.min_turns, speaker_names=args.speaker_names, redact=args.redact,
                             redact_names=args.redact_names)
     paths = [Path(p) for p in args.exports]
+    meta = args.kind in ("messenger", "instagram")
     for path in paths:
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
+        if not (path.is_file() or (meta and path.is_dir())):
+            raise DataError(f"{path}: no such file" + (" or folder" if meta else ""))
+    if args.thread and not meta:
+        raise DataError("--thread selects Messenger/Instagram conversations; it does not apply to " + args.kind)
+    if args.kind == "discord" and not args.me:
+        raise DataError("discord: pass --me NAME (your Discord user name, display name or user id)")
     if args.kind == "telegram" and len(paths) != 1:
         raise DataError("telegram: pass one result.json (a full-account export holds every chat)")
     if args.kind == "whatsapp" and not args.me:
@@ -84,6 +96,17 @@ def run(args: argparse.Namespace) -> int:
 
             progress = _Progress(paths[0].stat().st_size, not args.no_progress)
             import_telegram(paths[0], options, out.write, stats, progress)
+        elif args.kind == "discord":
+            from finetune.importers.discord import import_discord
+
+            import_discord(paths, options, out.write, stats,
+                           lambda path: _Progress(path.stat().st_size, not args.no_progress))
+        elif meta:
+            from finetune.importers.meta import find_threads, import_meta
+
+            threads = find_threads(paths, args.kind)
+            size = sum(f.stat().st_size for files in threads.values() for f in files)
+            import_meta(threads, options, args.thread or [], out.write, stats, _Progress(size, not args.no_progress))
         else:
             from finetune.importers.whatsapp import chat_label, read_whatsapp
 

@@ -42,7 +42,7 @@ class JsonStream:
             text = self.decoder.decode(data, final=not data)
         except UnicodeDecodeError as exc:
             raise DataError(f"{self.path}: not UTF-8 text near byte {self.bytes_read - len(data) + exc.start} "
-                            f"(a Telegram export is UTF-8 JSON)") from None
+                            f"(exports are UTF-8 JSON)") from None
         if not data:
             self.eof = True
         if self.pos > len(self.buf) // 2:
