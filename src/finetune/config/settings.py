@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, to_jsonable_python
 
+from finetune.config.contradictions import contradictions
 from finetune.config.yaml_source import RecipeSource
 
 ChatTemplateName = Literal["llama3", "chatml", "tokenizer_default", "jinja"]
@@ -418,8 +419,6 @@ class Settings(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
-        from finetune.config.contradictions import contradictions
-
         found = contradictions(self)
         if found:  # all of them in one error; the recipe loader gives each its line
             text = "; ".join(f"{key}: {message}" for key, message in found)
@@ -437,7 +436,13 @@ class Settings(Section):
         return "ipo" if self.rl == "ipo" else self.dpo_loss_type
 
     @property
+    def eval_batch(self) -> int:
+        """Rows per eval forward: eval_batch_size, else micro_batch_size (the one place this default lives)."""
+        return self.eval_batch_size or self.micro_batch_size
+
+    @property
     def packs_eval(self) -> bool:
+        """Whether eval rows are packed: eval_sample_packing, else sample_packing."""
         return self.sample_packing if self.eval_sample_packing is None else self.eval_sample_packing
 
     def effective_batch(self, world_size: int) -> int:

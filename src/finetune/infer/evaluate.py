@@ -61,7 +61,7 @@ def evaluate_main(
             f"{settings.where('val_set_size')}: no validation split to evaluate; set val_set_size or pass --dataset FILE"
         )
     results = evaluate_rows(settings, tokenizer, rows, adapter_dir=adapter_dir, base=base,
-                            batch_size=batch_size or settings.eval_batch_size or settings.micro_batch_size,
+                            batch_size=batch_size or settings.eval_batch,
                             progress=progress)
     print(format_results(results))
     output = Path(output or Path(settings.output_dir) / "eval_results.json")

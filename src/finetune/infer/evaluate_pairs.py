@@ -57,7 +57,7 @@ def evaluate_pairs_main(settings: Settings, *, adapter_dir: Path | None, dataset
             f"{settings.where('val_set_size')}: no validation pairs to evaluate; set val_set_size or pass --dataset FILE"
         )
     margins = pair_margins(settings, tokenizer, rows, run_dir=run_dir,
-                           batch_size=batch_size or settings.eval_batch_size or settings.micro_batch_size)
+                           batch_size=batch_size or settings.eval_batch)
     results = summarize_pairs(margins, beta=settings.rl_beta)
     print(format_pair_results(results))
     output = Path(output or Path(settings.output_dir) / "eval_results.json")

@@ -176,7 +176,7 @@ def with_reference(
                     print(f"reference log-probs ({name}): {done:,}/{total:,} pairs", file=sys.stderr, flush=True)
 
             values = sequence_log_probs(model, rows, pad_id=pad_id, fresh_adapter=fresh_adapter(settings),
-                                        batch_size=settings.eval_batch_size or settings.micro_batch_size,
+                                        batch_size=settings.eval_batch,
                                         progress=report if progress else None)
             _save(file, values)
         barrier()
