@@ -10,7 +10,8 @@ import json
 import pytest
 
 from finetune.data.build import Progress, _template, build_splits, prepare_data
-from finetune.data.readers import iter_dataset, read_dataset
+from finetune.data.readers import read_dataset
+from finetune.data.stream_readers import iter_dataset
 from finetune.data.stream import tokenize_to_shards
 from finetune.errors import DataError
 

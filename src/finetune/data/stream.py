@@ -37,7 +37,8 @@ from finetune.data.formats import Sample, format_table, sample_key
 from finetune.data.neardup import NearDuplicateFinder, conversation_text, drop_filler_turns, excerpts, has_assistant
 from finetune.data.pack import bin_order, packed_rows, plan_bins
 from finetune.data.parallel import EncodeOptions, Encoder, Job, encode_batches, resolve_workers
-from finetune.data.readers import Origins, dataset_path, iter_dataset
+from finetune.data.readers import Origins, dataset_path
+from finetune.data.stream_readers import iter_dataset
 from finetune.data.shards import SplitWriter, TextStore, TokenShards, TokenShardWriter
 from finetune.data.summary import NO_SPLIT, PrepareSummary, Progress, SplitStats
 from finetune.data.tokenize import IGNORE_INDEX
