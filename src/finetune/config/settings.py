@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
+from typing_extensions import Self
+
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, to_jsonable_python
@@ -65,6 +67,13 @@ class Section(BaseModel):
             return "<settings>"
         path = self._path if field is None else self._path + (field,)
         return self._source.where(path)
+
+    def detached(self, **update: Any) -> Self:
+        """A copy with `update` applied that no longer points at recipe lines (its values came from elsewhere,
+        e.g. a command-line flag), so `where()` never names a line that does not hold them."""
+        copy = self.model_copy(update=update)
+        copy._source, copy._path = None, ()
+        return copy
 
 
 class DatasetSettings(Section):
