@@ -20,7 +20,7 @@ A complete cache with the same fingerprint is reused unless `force`.
 `prepare_data` runs these stages in bounded memory (finetune.data.stream: streamed reading, tokens in
 on-disk shards, the plan from lengths alone). `build_splits` below runs them on the whole corpus in
 memory: it is the reference the streaming path is tested against (same rows for the same recipe and
-seed), and it is what the cache sweep (tests/test_cache_sweep.py) builds.
+seed), and it is what the cache sweep (tests/data/test_cache_sweep.py) builds.
 """
 
 from __future__ import annotations
