@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,9 +41,12 @@ from finetune.data.pairs import build_pair_splits, write_pair_splits
 from finetune.data.readers import Origins, read_dataset
 from finetune.data.stream import EXAMPLE_CHARS, EXAMPLE_PAIRS, TOKENIZE_CHUNK, build_streamed, eval_count
 from finetune.data.summary import NO_SPLIT, PrepareSummary, Progress, SplitStats, nonzero
-from finetune.data.templates import resolve_template
+from finetune.data.templates import ChatTemplate, resolve_template
 from finetune.data.tokenize import IGNORE_INDEX, encode_completions, encode_conversations, token_length_table
 from finetune.errors import DataError, RecipeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["PreparedData", "build_splits", "prepare_data", "recipe_template"]
 
@@ -57,7 +60,9 @@ class PreparedData:
     from_cache: bool
 
 
-def prepare_data(settings: Settings, tokenizer: Any, *, force: bool = False, progress: bool = True) -> PreparedData:
+def prepare_data(
+    settings: Settings, tokenizer: PreTrainedTokenizerBase, *, force: bool = False, progress: bool = True
+) -> PreparedData:
     """Prepare (or load from cache) the recipe's train/eval splits. See the module doc."""
     started = time.perf_counter()
     template = recipe_template(settings, tokenizer)
@@ -87,7 +92,7 @@ def prepare_data(settings: Settings, tokenizer: Any, *, force: bool = False, pro
 
 
 def build_splits(
-    settings: Settings, tokenizer: Any, template: Any, report: Progress
+    settings: Settings, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate | None, report: Progress
 ) -> tuple[dict[str, dict[str, Ragged] | None], PrepareSummary]:
     """Stages 1-6 of the module doc in memory: the train/eval columns and their summary (seconds 0)."""
     if settings.rl is not None:  # preference pairs: their own formats, filters and columns
@@ -118,7 +123,7 @@ def build_splits(
             splits[name], stats[name] = None, NO_SPLIT
             continue
         split_ids, split_labels = ids.take(index), labels.take(index)
-        columns = _rows(split_ids, split_labels, packed, settings)
+        columns = _rows(split_ids, split_labels, packed, settings.sequence_len, settings.seed)
         splits[name] = columns
         trained = int(np.count_nonzero(columns["labels"].values != IGNORE_INDEX))
         stats[name] = SplitStats(len(index), len(columns["input_ids"]), len(split_ids.values), trained)
@@ -229,7 +234,7 @@ def _read_all(settings: Settings, report: Progress) -> Corpus:
 # --- tokenize, filter, rows -------------------------------------------------------------------------
 
 
-def recipe_template(settings: Settings, tokenizer: Any) -> Any:
+def recipe_template(settings: Settings, tokenizer: PreTrainedTokenizerBase) -> ChatTemplate | None:
     """The recipe's chat template (None when every dataset is plain completion text)."""
     if all(dataset.type == "completion" for dataset in settings.datasets):
         return None
@@ -240,7 +245,8 @@ def recipe_template(settings: Settings, tokenizer: Any) -> Any:
 
 
 def _tokenize(
-    corpus: Corpus, settings: Settings, tokenizer: Any, template: Any, report: Progress
+    corpus: Corpus, settings: Settings, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate | None,
+    report: Progress,
 ) -> tuple[Ragged, Ragged]:
     """Token ids and labels of every sample (same order), one batched call per dataset chunk."""
     token_lengths = token_length_table(tokenizer)
@@ -317,10 +323,10 @@ def _trained_counts(labels: Ragged) -> np.ndarray:
     return cumulative[labels.offsets[1:]] - cumulative[labels.offsets[:-1]]
 
 
-def _rows(ids: Ragged, labels: Ragged, packed: bool, settings: Settings) -> dict[str, Ragged]:
+def _rows(ids: Ragged, labels: Ragged, packed: bool, sequence_len: int, seed: int) -> dict[str, Ragged]:
     if not packed:
         return {"input_ids": ids, "labels": labels}
-    rows = pack(ids, labels, settings.sequence_len, settings.seed)
+    rows = pack(ids, labels, sequence_len, seed)
     return {
         "input_ids": rows.input_ids,
         "labels": rows.labels,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,9 +37,13 @@ from finetune.data.pack import Ragged
 from finetune.data.readers import Origins, read_dataset
 from finetune.data.shards import SplitWriter
 from finetune.data.stream import TOKENIZE_CHUNK, eval_count
+from finetune.data.templates import ChatTemplate
 from finetune.data.summary import NO_SPLIT, PrepareSummary, Progress, SplitStats, nonzero
 from finetune.data.tokenize import IGNORE_INDEX, labels_from_spans, token_length_table, tokenize_with_starts
 from finetune.errors import DataError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 PROMPT_FIELDS = ("question", "prompt")  # the user turn of the flat Intel/TRL layout, first found wins
@@ -188,7 +192,7 @@ class _Only:
 # --- tokenize ---------------------------------------------------------------------------------
 
 
-def encode_pairs(pairs: list[Pair], *, template: Any, tokenizer: Any, token_lengths: Any = None
+def encode_pairs(pairs: list[Pair], *, template: ChatTemplate, tokenizer: PreTrainedTokenizerBase, token_lengths: Any = None
                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(prompt_ids, chosen_ids, rejected_ids) of each pair (see the module doc)."""
     conversations = []
@@ -222,7 +226,7 @@ def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
 # --- build ------------------------------------------------------------------------------------
 
 
-def build_pair_splits(settings: Settings, tokenizer: Any, template: Any, report: Progress
+def build_pair_splits(settings: Settings, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, report: Progress
                       ) -> tuple[dict[str, dict[str, Ragged] | None], PrepareSummary]:
     """The pair train/eval columns (PAIR_COLUMNS) and their summary, as build.build_splits does for SFT."""
     pairs: list[Pair] = []
@@ -296,8 +300,8 @@ def build_pair_splits(settings: Settings, tokenizer: Any, template: Any, report:
     return splits, summary
 
 
-def write_pair_splits(settings: Settings, tokenizer: Any, template: Any, report: Progress, directory: Path,
-                      fingerprint: str) -> PrepareSummary:
+def write_pair_splits(settings: Settings, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, report: Progress,
+                      directory: Path, fingerprint: str) -> PrepareSummary:
     """`build_pair_splits`, written into the cache's `directory` as `save_to_disk` splits; returns the summary.
 
     Pairs are built in memory (preference sets are thousands of pairs, not millions); SFT data streams

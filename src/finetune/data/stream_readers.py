@@ -159,7 +159,8 @@ def stream_json_array(path: Path, batch_size: int) -> Iterator[RowBatch]:
             lines.append(line)
             total += 1
             if len(rows) == batch_size:
-                yield RowBatch(RawTable(source, rows, Origins(source, tuple(lines), "line")), stream.bytes_read - reported)
+                table = RawTable(source, rows, Origins(source, tuple(lines), "line"))
+                yield RowBatch(table, stream.bytes_read - reported)
                 rows, lines, reported = [], [], stream.bytes_read
         if stream.peek() or not total:
             raise _Invalid  # extra data after `]`, or an empty array

@@ -13,17 +13,21 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from finetune.config.settings import Settings
 from finetune.data.build import prepare_data
-from finetune.data.collate import make_collator
+from finetune.data.collate import Collator, make_collator
 from finetune.errors import FinetuneError
 from finetune.infer.common import dataset_settings, trained_dir
 from finetune.infer.evaluate_pairs import evaluate_pairs_main
 from finetune.model.load import load_model, place_for_inference
 from finetune.model.loss import trained_token_nll
 from finetune.model.tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +78,8 @@ def evaluate_main(
 
 def evaluate_rows(
     settings: Settings,
-    tokenizer: Any,
-    rows: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Dataset,
     *,
     adapter_dir: Path,
     base: bool,
@@ -107,7 +111,7 @@ def evaluate_rows(
     return results
 
 
-def _score(model: Any, rows: Any, collate: Any, batch_size: int, name: str, progress: bool) -> EvalResult:
+def _score(model: PreTrainedModel, rows: Dataset, collate: Collator, batch_size: int, name: str, progress: bool) -> EvalResult:
     import torch
 
     start = time.perf_counter()

@@ -20,7 +20,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -32,6 +32,10 @@ from finetune.infer.common import dataset_settings, trained_dir
 from finetune.model.load import load_model, place_for_inference
 from finetune.model.loss import sequence_log_probs
 from finetune.model.tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ def evaluate_pairs_main(settings: Settings, *, adapter_dir: Path | None, dataset
     return 0
 
 
-def pair_margins(settings: Settings, tokenizer: Any, rows: Any, *, run_dir: Path, batch_size: int
+def pair_margins(settings: Settings, tokenizer: PreTrainedTokenizerBase, rows: Dataset, *, run_dir: Path, batch_size: int
                  ) -> dict[str, np.ndarray]:
     """{"reference": [pairs, 2], "fine-tuned": [pairs, 2]} summed reply log-probs (chosen, rejected)."""
     pad_id = pad_token_id(tokenizer)

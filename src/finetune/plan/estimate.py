@@ -30,7 +30,7 @@ from pathlib import Path
 from collections.abc import Sequence
 
 from finetune.config.deepspeed import bundled_deepspeed_dir, resolve_deepspeed
-from finetune.config.settings import Settings
+from finetune.config.settings import Settings, SpecialTokens
 from finetune.errors import RecipeError
 from finetune.model.loss import ROW_CHUNK, VOCAB_TILE
 from finetune.model.shapes import BUILTIN_NAMES, LLAMA31_SPECIAL_TOKENS, NF4_BLOCK, NF4_BLOCK2, ModelShapes, model_shapes
@@ -347,7 +347,7 @@ def _activations(s: Settings, sh: ModelShapes, a: int, ds_half: bool, adapted: d
 def _suggestions(s: Settings, plan: MemoryPlan, zero: ZeroConfig, loss_head: str) -> list[Suggestion]:
     """Every applicable change, cheapest first, with its estimate alone and together with the ones above it."""
     steps: list[tuple[str, dict, ZeroConfig | None]] = []
-    if s.lora_modules_to_save and s.adapter and _tokens_exist(s) is not False:
+    if s.lora_modules_to_save and s.adapter and _tokens_exist(s.special_tokens, s.base_model, s.tokenizer_config) is not False:
         steps.append(("drop lora_modules_to_save (the special tokens already exist in the vocabulary)",
                       {"lora_modules_to_save": None}, None))
     if zero.stage == 1 and plan.world_size > 1:
@@ -388,13 +388,13 @@ def _suggestions(s: Settings, plan: MemoryPlan, zero: ZeroConfig, loss_head: str
     return out
 
 
-def _tokens_exist(s: Settings) -> bool | None:
+def _tokens_exist(special: SpecialTokens, base_model: str, tokenizer_config: str | None) -> bool | None:
     """Whether every special token of the recipe is already in the base vocabulary (None: unknown)."""
-    tokens = [t for t in (s.special_tokens.bos_token, s.special_tokens.eos_token, s.special_tokens.pad_token,
-                          s.special_tokens.unk_token, *s.special_tokens.additional_special_tokens) if t]
-    if s.base_model in BUILTIN_NAMES:
+    tokens = [t for t in (special.bos_token, special.eos_token, special.pad_token, special.unk_token,
+                          *special.additional_special_tokens) if t]
+    if base_model in BUILTIN_NAMES:
         return all(t in LLAMA31_SPECIAL_TOKENS for t in tokens)
-    config = Path(s.tokenizer_config or s.base_model).expanduser() / "tokenizer_config.json"
+    config = Path(tokenizer_config or base_model).expanduser() / "tokenizer_config.json"
     if not config.is_file():
         return None
     added = json.loads(config.read_text(encoding="utf-8")).get("added_tokens_decoder") or {}
