@@ -6,7 +6,7 @@
 #
 # Stages, each under its own time limit so that one slow stage cannot eat the others' time:
 #   1. environment: GPU, driver, torch/CUDA versions, and that every package finetune needs imports;
-#   2. `pytest -m gpu` (tests/test_gpu.py: the fused loss head, packed-row isolation and a 4-bit DoRA run on CUDA);
+#   2. `pytest -m gpu` (tests/gpu/test_gpu.py: the fused loss head, packed-row isolation and a 4-bit DoRA run on CUDA);
 #   3. scripts/bench_gpu.py at the seed recipe's settings (Llama-3.1-8B-shaped random weights, NF4 QLoRA + DoRA r64,
 #      packed 4096-token rows) for GPU_CHECK_STEPS optimizer steps per variant (default 4: what fits the budget).
 # Writes one JSON, $OUT/gpu_check.json (or ./gpu_check.json without $OUT), with every stage's result, and prints it.
@@ -59,7 +59,7 @@ print(json.dumps(env, indent=1))
 EOF
 
 echo "== 2/3 pytest -m gpu"
-tests=tests; [ "$DRY" = 1 ] && tests=tests/test_gpu.py  # on CPU they all skip: this checks the plumbing
+tests=tests; [ "$DRY" = 1 ] && tests=tests/gpu/test_gpu.py  # on CPU they all skip: this checks the plumbing
 # shellcheck disable=SC2086
 timeout 240 "$PYTHON" -m pytest $tests -m gpu -q -p no:cacheprovider --junitxml="$WORK/pytest.xml" \
   2>&1 | tee "$WORK/pytest.log" | tail -25

@@ -128,7 +128,7 @@ def make_adapter_run(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFact
     return build
 
 
-# --- data preparation (tests/test_build.py, test_cache.py, test_formats.py, ...) ----------------------
+# --- data preparation (tests/data/test_build.py, test_cache.py, test_formats.py, ...) ----------------------
 
 _WORDS = "alpha beta gamma delta model token batch data loss train python answer question river stone".split()
 

@@ -66,6 +66,19 @@ def test_keys_lists_documented_keys(capsys):
     assert "datasets[].roles_to_train" in out
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["preprocess", "--show", "-1"], "--show takes a count of rows"),
+    (["plan", "--num-processes", "-1"], "--num-processes must be at least 1"),
+    (["export", "--gguf", "f16", "--base-gguf", "base.gguf"], "--base-gguf goes with --adapter-only"),
+])
+def test_bad_flags_are_usage_errors_with_exit_2(capsys, argv, message):
+    # every command reports problems by raising; main prints `error: ...` once and returns the exit code
+    recipe = str(ROOT / "configs" / "llama31-8b-qlora-single-gpu.yml")
+    assert main([*argv[:1], recipe, *argv[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and message in err and "Traceback" not in err
+
+
 def test_missing_recipe_file_exits_2(capsys, tmp_path):
     assert main(["validate", str(tmp_path / "missing.yml")]) == 2
     assert "recipe file not found" in capsys.readouterr().err

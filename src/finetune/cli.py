@@ -1,9 +1,11 @@
 """`finetune COMMAND recipe.yml`: argument parsing, exit codes, and errors turned into messages.
 
-Only argparse is imported at module level so `finetune --help` stays instant; each command
-imports what it needs when it runs. `main` is the process edge: it sets up the log channel
-(`finetune.log.configure`: notices on stderr from rank 0, third-party noise dropped unless --verbose)
-before any command imports a library.
+Only the standard library and finetune's own light modules (errors, log, requirements) are imported at
+module level, so `finetune --help` stays instant: the recipe loader (pydantic) and each command package are
+imported when that command runs. Every command reports a problem by raising a `FinetuneError`; `main`, the
+process edge, turns it into `error: ...` on stderr and its exit code (2 bad input, 1 environment). `main` also
+sets up the log channel (`finetune.log.configure`: notices on stderr from rank 0, third-party noise dropped
+unless --verbose) before any command imports a library.
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
+
+from finetune.errors import FinetuneError, UsageError
+from finetune.log import configure
+from finetune.requirements import check_installed
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -26,9 +33,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     command: Callable[[argparse.Namespace], int] = args.run
-    from finetune.errors import FinetuneError
-    from finetune.log import configure
-
     configure(rank=int(os.environ.get("RANK", "0")), verbose=args.verbose)
 
     try:
@@ -153,8 +157,6 @@ def _load(args: argparse.Namespace):
 def _validate(args: argparse.Namespace) -> int:
     from finetune.config.describe import derived_values, resolved_yaml
 
-    from finetune.requirements import check_installed
-
     loaded = _load(args)
     check_installed()
     if args.quiet:
@@ -183,20 +185,17 @@ def _keys(args: argparse.Namespace) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     from finetune.train.preprocess import preprocess
 
-    loaded = _load(args)
     if args.show < 0:
-        print("error: --show takes a count of rows, 0 or more", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise UsageError("--show takes a count of rows, 0 or more")
+    loaded = _load(args)
     preprocess(loaded.settings, force=args.force, show=args.show, progress=not args.no_progress)
     return EXIT_OK
 
 
 def _world_size(args: argparse.Namespace) -> int:
-    from finetune.errors import RecipeError
-
     world = args.num_processes or int(os.environ.get("WORLD_SIZE", "1"))
     if world < 1:
-        raise RecipeError("--num-processes must be at least 1")
+        raise UsageError("--num-processes must be at least 1")
     return world
 
 
@@ -237,8 +236,7 @@ def _export(args: argparse.Namespace) -> int:
     from finetune.export.lora import export_lora_gguf
 
     if args.base_gguf is not None and not args.adapter_only:
-        print("error: --base-gguf goes with --adapter-only (a full export is its own base)", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise UsageError("--base-gguf goes with --adapter-only (a full export is its own base)")
     settings = _load(args).settings
     if args.adapter_only:
         path = export_lora_gguf(settings, args.gguf, adapter_dir=args.adapter, base_gguf=args.base_gguf)
@@ -249,8 +247,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from finetune.infer.evaluate import evaluate_main
 
     loaded = _load(args)
@@ -278,7 +274,6 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from finetune.requirements import check_installed
     from finetune.train.launch import main_train
 
     _load(args)  # validate (and show notices) before any process starts

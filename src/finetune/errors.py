@@ -7,6 +7,12 @@ class FinetuneError(Exception):
     exit_code = 1
 
 
+class UsageError(FinetuneError):
+    """Bad command-line arguments (a flag out of range, flags that do not go together)."""
+
+    exit_code = 2
+
+
 class RecipeError(FinetuneError):
     """A bad recipe or setting (file:line where known)."""
 

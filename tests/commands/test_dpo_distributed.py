@@ -1,7 +1,7 @@
 """`finetune train` on a DPO recipe as a user runs it: ZeRO-2 on 2 CPU processes == 1 process; kill -9 + rerun ==
 uninterrupted, and the rerun reuses the cached reference log-probs.
 
-Same global batch across world sizes as for SFT (tests/test_distributed.py): micro batch 1, 1 process x
+Same global batch across world sizes as for SFT (tests/commands/test_train_distributed.py): micro batch 1, 1 process x
 accumulation 4 and 2 processes x accumulation 2 see the same 4 pairs per optimizer step; the DPO loss is a
 mean over pairs divided by the accumulation steps, and gradients are averaged over processes, so they match.
 """

@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO-3 through `finetune train` (subprocesses, 2 gloo CPU processes), and its refusals.
 
-The same global batch as a 1-process run (see tests/test_distributed.py for why the rows match): the per-step
+The same global batch as a 1-process run (see tests/commands/test_train_distributed.py for why the rows match): the per-step
 losses and the saved adapter must equal the 1-process run's. The trained lm_head copy (`lora_modules_to_save`) is
 the part ZeRO-3 makes hard: its weight is partitioned, and the trained-token loss reads it whole
 (finetune.train.zero3). DoRA on a 4-bit base cannot run under ZeRO-3 on the CPU (refused, see the last tests), so

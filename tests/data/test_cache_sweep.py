@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from finetune.config.settings import Settings
 from finetune.data import cache
-from finetune.data.build import Progress, _template, build_splits
+from finetune.data.build import build_splits, recipe_template
+from finetune.data.summary import Progress
 from finetune.errors import FinetuneError
 from finetune.model.tokenizer import load_tokenizer
 
@@ -100,13 +101,13 @@ class Sweep:
             if key not in self.tokenizers:
                 self.tokenizers[key] = load_tokenizer(settings)
             tokenizer = self.tokenizers[key]
-            template = _template(settings, tokenizer)
+            template = recipe_template(settings, tokenizer)
             return self.fingerprint(settings, tokenizer, template.jinja_source if template else ""), tokenizer
         except FinetuneError:
             return None
 
     def rows(self, settings: Settings, tokenizer: Any) -> Any:
-        splits, summary = build_splits(settings, tokenizer, _template(settings, tokenizer), Progress(False))
+        splits, summary = build_splits(settings, tokenizer, recipe_template(settings, tokenizer), Progress(False))
         columns = {
             f"{split}.{name}": (ragged.values.tolist(), ragged.offsets.tolist())
             for split, cols in splits.items()

@@ -9,8 +9,10 @@ import json
 
 import pytest
 
-from finetune.data.build import Progress, _template, build_splits, prepare_data
-from finetune.data.readers import iter_dataset, read_dataset
+from finetune.data.build import build_splits, prepare_data, recipe_template
+from finetune.data.summary import Progress
+from finetune.data.readers import read_dataset
+from finetune.data.stream_readers import iter_dataset
 from finetune.data.stream import tokenize_to_shards
 from finetune.errors import DataError
 
@@ -36,7 +38,7 @@ def corpus_files(tmp_path, write_chats):
 
 
 def in_memory_rows(settings, tokenizer):
-    splits, summary = build_splits(settings, tokenizer, _template(settings, tokenizer), Progress(False))
+    splits, summary = build_splits(settings, tokenizer, recipe_template(settings, tokenizer), Progress(False))
     rows = {
         name: {column: [ragged[i].tolist() for i in range(len(ragged))] for column, ragged in columns.items()}
         for name, columns in splits.items()
@@ -95,7 +97,7 @@ def test_the_shard_size_and_worker_count_never_change_the_rows_or_the_cache(tmp_
 
 def test_the_streaming_build_writes_several_shards_and_data_files(tmp_path, write_chats, data_settings, llama3_tokenizer):
     settings = data_settings(corpus_files(tmp_path, write_chats), preprocess_shard_size=SHARD, sequence_len=128)
-    tokenized = tokenize_to_shards(settings, llama3_tokenizer, _template(settings, llama3_tokenizer), tmp_path / "work", Progress(False))
+    tokenized = tokenize_to_shards(settings, llama3_tokenizer, recipe_template(settings, llama3_tokenizer), tmp_path / "work", Progress(False))
     files = tokenized.shards.files
     assert len(files) == -(-len(tokenized.lengths) // SHARD) >= 8 and all(file.is_file() for file in files)
     gathered, _ = tokenized.shards.gather([len(tokenized.lengths) - 1, 0, SHARD + 1])

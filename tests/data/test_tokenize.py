@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,24 @@ def test_byte_length_route_equals_offset_mapping(llama3_tokenizer: Any) -> None:
     wrong = lengths.copy()
     wrong[:] = 1
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(tokenize_with_starts(llama3_tokenizer, texts, wrong), slow))
+
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "finetune"
+
+
+def test_ignore_index_is_defined_once() -> None:
+    # The untrained-label value lives in finetune.data.tokenize; the collator, packer and loss import it.
+    homes, literals = [], []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "IGNORE_INDEX" for t in node.targets):
+                homes.append(path.relative_to(SRC).as_posix())
+            elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+                if getattr(node.operand, "value", None) == 100:
+                    literals.append(f"{path.relative_to(SRC).as_posix()}:{node.lineno}")
+    assert homes == ["data/tokenize.py"]
+    assert literals == [f"data/tokenize.py:{_line_of(SRC / 'data' / 'tokenize.py', 'IGNORE_INDEX = -100')}"]
+
+
+def _line_of(path: Path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if needle in line)

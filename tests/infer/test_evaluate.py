@@ -28,11 +28,11 @@ def test_evaluate_base_and_adapter(make_adapter_run, write_chats, tmp_path, monk
 
     # The base figure equals a plain full-logits cross-entropy over the same trained tokens.
     from finetune.data.build import prepare_data
-    from finetune.infer.evaluate import _dataset_settings
+    from finetune.infer.common import dataset_settings
     from finetune.model.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(settings)
-    rows = prepare_data(_dataset_settings(settings, str(data)), tokenizer, progress=False).train
+    rows = prepare_data(dataset_settings(settings, str(data)), tokenizer, progress=False).train
     model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=torch.float32)
     total, count = 0.0, 0
     with torch.no_grad():

@@ -17,9 +17,10 @@ from finetune.errors import RecipeError
 from conftest import SEED_RECIPE
 from finetune.config.deepspeed import bundled_deepspeed_dir
 from finetune.model.shapes import model_shapes, shapes_from_config
-from finetune.plan.estimate import GIB, MIB, VOCAB_TILE, plan_memory
+from finetune.model.loss import VOCAB_TILE
+from finetune.plan.estimate import plan_memory
+from finetune.plan.items import GIB, MIB
 from finetune.plan.command import format_plan, plan_main
-from finetune.config.sizes import parse_size
 
 # The seed recipe (chat-like-me.yml, from the article: 2 x RTX 3090, ZeRO-1 ran out of memory, ZeRO-2 fit).
 LLAMA31_8B_PARAMS = 8_030_261_248
@@ -239,21 +240,6 @@ def test_estimate_matches_measured_peak_on_cpu(loss_head: str) -> None:
 # --- sizes, suggestions, output -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("24GiB", 24 * GIB), ("80GB", 80 * 10**9), ("24000MiB", 24000 * MIB), ("24 GiB", 24 * GIB),
-    ("1.5GiB", int(1.5 * GIB)), ("24", 24 * GIB), ("24G", 24 * GIB), ("512MB", 512 * 10**6), ("1TiB", 1024 * GIB),
-    ("4096B", 4096),
-])
-def test_parse_size(text: str, expected: int) -> None:
-    assert parse_size(text, bare_unit=GIB) == expected
-
-
-@pytest.mark.parametrize("text", ["", "GiB", "24XB", "lots", "-1GiB", "24 i"])
-def test_parse_size_rejects_nonsense(text: str) -> None:
-    with pytest.raises(RecipeError, match="24GiB"):
-        parse_size(text, bare_unit=GIB)
-
-
 def test_suggestions_when_it_does_not_fit() -> None:
     settings = seed("deepspeed=zero1.json", "gradient_checkpointing=false", "optimizer=adamw_torch",
                     "micro_batch_size=2")
@@ -288,3 +274,36 @@ def test_the_estimator_does_not_import_torch() -> None:
             f"plan_memory(load_recipe_text({SEED_RECIPE!r}).settings, world_size=2); print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+EXAMPLE_RECIPE = """
+base_model: NousResearch/Meta-Llama-3.1-8B
+load_in_4bit: true
+chat_template: llama3
+datasets:
+  - path: /path/to/training_data.json
+    type: chat_template
+output_dir: ./outputs/lora-out
+sequence_len: 4096
+adapter: qlora
+lora_target_linear: true
+micro_batch_size: 1
+bf16: true
+gradient_checkpointing: true
+"""
+
+
+def _example_with_deepspeed(deepspeed: str):
+    return load_recipe_text(EXAMPLE_RECIPE, [f"deepspeed={deepspeed}"]).settings
+
+
+@pytest.mark.parametrize("deepspeed", ["/path/to/deepspeed_configs/my_zero3.json", "/nowhere/my_zero2.json"])
+def test_plan_never_guesses_the_zero_stage_from_a_file_name(deepspeed: str) -> None:
+    # a missing custom file is an error for `train`; `plan` used to say "fits" with the stage read off the name.
+    with pytest.raises(RecipeError, match="deepspeed"):
+        plan_memory(_example_with_deepspeed(deepspeed), world_size=2)
+
+
+def test_plan_resolves_a_bundled_stand_in_like_train() -> None:
+    plan = plan_memory(_example_with_deepspeed("/path/to/deepspeed_configs/zero2.json"), world_size=2)
+    assert plan.zero_stage == 2 and Path(plan.deepspeed).name == "zero2.json" and Path(plan.deepspeed).is_file()

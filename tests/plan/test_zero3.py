@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from finetune.config import load_recipe_text
-from finetune.plan.estimate import GIB, plan_memory
+from finetune.plan.estimate import plan_memory
+from finetune.plan.items import GIB
 from finetune.plan.command import format_plan
 from conftest import SEED_RECIPE
 

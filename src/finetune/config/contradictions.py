@@ -1,6 +1,7 @@
 """Cross-field contradictions of a recipe: each as (the key to point at, what is wrong and what to do).
 
-`Settings._check` reports all of them at once; the recipe loader gives each its YAML line. A key may be a
+Imports run one way: settings imports this module; the `Settings` type is named here for type checking
+only. `Settings._check` reports all of them at once; the recipe loader gives each its YAML line. A key may be a
 recipe path tuple, e.g. ("datasets", 0, "type").
 """
 

@@ -7,9 +7,11 @@ train (an 8-bit base) is refused here, before any process starts (see finetune.t
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
+import finetune
 from finetune.config.settings import Settings
 from finetune.errors import RecipeError
 
@@ -18,8 +20,6 @@ BUNDLED_DEEPSPEED = ("zero1.json", "zero2.json", "zero2_offload.json", "zero3.js
 
 def bundled_deepspeed_dir() -> Path:
     """The repository's `deepspeed_configs/` (editable install), else `<prefix>/share/finetune/deepspeed_configs`."""
-    import finetune
-
     candidates = [
         Path(finetune.__file__).resolve().parents[2] / "deepspeed_configs",
         Path(sys.prefix) / "share" / "finetune" / "deepspeed_configs",
@@ -55,7 +55,6 @@ def resolve_deepspeed(settings: Settings, *, bundled: Path | None = None) -> tup
 
 def zero_stage(path: Path | None) -> int:
     """The ZeRO stage of a resolved DeepSpeed config (0 without one)."""
-    import json
 
     if path is None:
         return 0
@@ -65,7 +64,6 @@ def zero_stage(path: Path | None) -> int:
 
 def _supported(path: Path, settings: Settings) -> Path:
     """Reject configs the trainer cannot honour, before any process starts."""
-    import json
 
     where = settings.where("deepspeed")
     try:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
+from typing_extensions import Self
+
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, to_jsonable_python
 
+from finetune.config.contradictions import contradictions
 from finetune.config.yaml_source import RecipeSource
 
 ChatTemplateName = Literal["llama3", "chatml", "tokenizer_default", "jinja"]
@@ -64,6 +67,13 @@ class Section(BaseModel):
             return "<settings>"
         path = self._path if field is None else self._path + (field,)
         return self._source.where(path)
+
+    def detached(self, **update: Any) -> Self:
+        """A copy with `update` applied that no longer points at recipe lines (its values came from elsewhere,
+        e.g. a command-line flag), so `where()` never names a line that does not hold them."""
+        copy = self.model_copy(update=update)
+        copy._source, copy._path = None, ()
+        return copy
 
 
 class DatasetSettings(Section):
@@ -418,8 +428,6 @@ class Settings(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
-        from finetune.config.contradictions import contradictions
-
         found = contradictions(self)
         if found:  # all of them in one error; the recipe loader gives each its line
             text = "; ".join(f"{key}: {message}" for key, message in found)
@@ -437,7 +445,13 @@ class Settings(Section):
         return "ipo" if self.rl == "ipo" else self.dpo_loss_type
 
     @property
+    def eval_batch(self) -> int:
+        """Rows per eval forward: eval_batch_size, else micro_batch_size (the one place this default lives)."""
+        return self.eval_batch_size or self.micro_batch_size
+
+    @property
     def packs_eval(self) -> bool:
+        """Whether eval rows are packed: eval_sample_packing, else sample_packing."""
         return self.sample_packing if self.eval_sample_packing is None else self.eval_sample_packing
 
     def effective_batch(self, world_size: int) -> int:

@@ -20,7 +20,7 @@ A complete cache with the same fingerprint is reused unless `force`.
 `prepare_data` runs these stages in bounded memory (finetune.data.stream: streamed reading, tokens in
 on-disk shards, the plan from lengths alone). `build_splits` below runs them on the whole corpus in
 memory: it is the reference the streaming path is tested against (same rows for the same recipe and
-seed), and it is what the cache sweep (tests/test_cache_sweep.py) builds.
+seed), and it is what the cache sweep (tests/data/test_cache_sweep.py) builds.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,15 +37,18 @@ from finetune.data import cache
 from finetune.data.formats import Sample, format_table, sample_key
 from finetune.data.neardup import conversation_text, drop_filler_turns, excerpts, has_assistant, near_duplicates
 from finetune.data.pack import Ragged, pack
+from finetune.data.pairs import build_pair_splits, write_pair_splits
 from finetune.data.readers import Origins, read_dataset
-from finetune.data.stream import EXAMPLE_CHARS, EXAMPLE_PAIRS, build_streamed, eval_count
-from finetune.data.summary import NO_SPLIT, PrepareSummary, Progress, SplitStats
-from finetune.data.tokenize import IGNORE_INDEX
+from finetune.data.stream import EXAMPLE_CHARS, EXAMPLE_PAIRS, TOKENIZE_CHUNK, build_streamed, eval_count
+from finetune.data.summary import NO_SPLIT, PrepareSummary, Progress, SplitStats, nonzero
+from finetune.data.templates import ChatTemplate, resolve_template
+from finetune.data.tokenize import IGNORE_INDEX, encode_completions, encode_conversations, token_length_table
 from finetune.errors import DataError, RecipeError
 
-__all__ = ["PrepareSummary", "PreparedData", "Progress", "build_splits", "eval_count", "prepare_data"]
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-TOKENIZE_CHUNK = 1000  # conversations per encode call (one progress update each)
+__all__ = ["PreparedData", "build_splits", "prepare_data", "recipe_template"]
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,12 @@ class PreparedData:
     from_cache: bool
 
 
-def prepare_data(settings: Settings, tokenizer: Any, *, force: bool = False, progress: bool = True) -> PreparedData:
+def prepare_data(
+    settings: Settings, tokenizer: PreTrainedTokenizerBase, *, force: bool = False, progress: bool = True
+) -> PreparedData:
     """Prepare (or load from cache) the recipe's train/eval splits. See the module doc."""
     started = time.perf_counter()
-    template = _template(settings, tokenizer)
+    template = recipe_template(settings, tokenizer)
     key = cache.fingerprint(settings, tokenizer, template.jinja_source if template is not None else "")
     path = Path(settings.dataset_prepared_path) / key
     if not force:
@@ -73,8 +78,6 @@ def prepare_data(settings: Settings, tokenizer: Any, *, force: bool = False, pro
 
     def fill(directory: Path) -> dict[str, Any]:
         if settings.rl is not None:  # preference pairs: their own formats, filters and columns
-            from finetune.data.pairs import write_pair_splits
-
             summary = write_pair_splits(settings, tokenizer, template, report, directory, key)
         else:
             summary = build_streamed(settings, tokenizer, template, report, directory, key)
@@ -89,12 +92,10 @@ def prepare_data(settings: Settings, tokenizer: Any, *, force: bool = False, pro
 
 
 def build_splits(
-    settings: Settings, tokenizer: Any, template: Any, report: "Progress"
+    settings: Settings, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate | None, report: Progress
 ) -> tuple[dict[str, dict[str, Ragged] | None], PrepareSummary]:
     """Stages 1-6 of the module doc in memory: the train/eval columns and their summary (seconds 0)."""
     if settings.rl is not None:  # preference pairs: their own formats, filters and columns
-        from finetune.data.pairs import build_pair_splits
-
         return build_pair_splits(settings, tokenizer, template, report)
     corpus = _read_all(settings, report)
     dropped = {"empty": 0, "duplicate": 0, "no trainable tokens": 0, f"longer than {settings.sequence_len} tokens": 0}
@@ -122,13 +123,13 @@ def build_splits(
             splits[name], stats[name] = None, NO_SPLIT
             continue
         split_ids, split_labels = ids.take(index), labels.take(index)
-        columns = _rows(split_ids, split_labels, packed, settings)
+        columns = _rows(split_ids, split_labels, packed, settings.sequence_len, settings.seed)
         splits[name] = columns
         trained = int(np.count_nonzero(columns["labels"].values != IGNORE_INDEX))
         stats[name] = SplitStats(len(index), len(columns["input_ids"]), len(split_ids.values), trained)
     train, evaluation = stats["train"], stats["eval"]
     if train.samples == 0:
-        raise DataError(f"no training samples left after filtering; dropped: {_nonzero(dropped)}")
+        raise DataError(f"no training samples left after filtering; dropped: {nonzero(dropped)}")
     summary = PrepareSummary.of_splits(
         corpus.read_counts, dropped, truncated, train, evaluation, sequence_len=settings.sequence_len,
         packed=settings.sample_packing, filler_turns=filler_turns, near_duplicate_examples=examples,
@@ -212,7 +213,7 @@ class Corpus:
         return {"kept": f"{self.origin(kept)}: {texts[0]}", "removed": f"{self.origin(removed)}: {texts[1]}"}
 
 
-def _read_all(settings: Settings, report: "Progress") -> Corpus:
+def _read_all(settings: Settings, report: Progress) -> Corpus:
     samples: list[Sample] = []
     dataset_index: list[np.ndarray] = []
     origins: list[Origins] = []
@@ -233,9 +234,8 @@ def _read_all(settings: Settings, report: "Progress") -> Corpus:
 # --- tokenize, filter, rows -------------------------------------------------------------------------
 
 
-def _template(settings: Settings, tokenizer: Any) -> Any:
-    from finetune.data.templates import resolve_template
-
+def recipe_template(settings: Settings, tokenizer: PreTrainedTokenizerBase) -> ChatTemplate | None:
+    """The recipe's chat template (None when every dataset is plain completion text)."""
     if all(dataset.type == "completion" for dataset in settings.datasets):
         return None
     try:
@@ -245,11 +245,10 @@ def _template(settings: Settings, tokenizer: Any) -> Any:
 
 
 def _tokenize(
-    corpus: Corpus, settings: Settings, tokenizer: Any, template: Any, report: "Progress"
+    corpus: Corpus, settings: Settings, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate | None,
+    report: Progress,
 ) -> tuple[Ragged, Ragged]:
     """Token ids and labels of every sample (same order), one batched call per dataset chunk."""
-    from finetune.data.tokenize import encode_completions, encode_conversations, token_length_table
-
     token_lengths = token_length_table(tokenizer)
     encoded: list[Any] = [None] * len(corpus)
     done = tokens = 0
@@ -324,10 +323,10 @@ def _trained_counts(labels: Ragged) -> np.ndarray:
     return cumulative[labels.offsets[1:]] - cumulative[labels.offsets[:-1]]
 
 
-def _rows(ids: Ragged, labels: Ragged, packed: bool, settings: Settings) -> dict[str, Ragged]:
+def _rows(ids: Ragged, labels: Ragged, packed: bool, sequence_len: int, seed: int) -> dict[str, Ragged]:
     if not packed:
         return {"input_ids": ids, "labels": labels}
-    rows = pack(ids, labels, settings.sequence_len, settings.seed)
+    rows = pack(ids, labels, sequence_len, seed)
     return {
         "input_ids": rows.input_ids,
         "labels": rows.labels,
@@ -335,6 +334,3 @@ def _rows(ids: Ragged, labels: Ragged, packed: bool, settings: Settings) -> dict
         "lengths": rows.sample_lengths,
     }
 
-
-def _nonzero(counts: dict[str, int]) -> str:
-    return ", ".join(f"{reason} {count}" for reason, count in counts.items() if count) or "nothing"

@@ -23,11 +23,14 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import finetune
 from finetune.config.settings import Settings, data_values
 from finetune.data.readers import dataset_path
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CACHE_FORMAT = 1
 MARKER = "COMPLETE"
@@ -36,11 +39,11 @@ SPLITS = ("train", "eval")
 # Modules whose code decides the prepared tokens; editing them invalidates caches.
 _CODE = (
     "readers.py", "formats.py", "templates.py", "tokenize.py", "pack.py", "build.py", "cache.py", "neardup.py",
-    "stream.py", "stream_readers.py", "parallel.py", "shards.py", "summary.py", "pairs.py",
+    "stream.py", "stream_readers.py", "jsonstream.py", "parallel.py", "shards.py", "summary.py", "pairs.py",
 )
 
 
-def fingerprint(settings: Settings, tokenizer: Any, template_source: str) -> str:
+def fingerprint(settings: Settings, tokenizer: PreTrainedTokenizerBase, template_source: str) -> str:
     """sha256 hex digest of data contents + tokenizer + data-affecting settings + code."""
     digest = hashlib.sha256()
 
@@ -72,7 +75,7 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tokenizer_identity(tokenizer: Any) -> bytes:
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> bytes:
     """The tokenizer's serialized vocabulary/merges/normalizers plus its special tokens and template."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))

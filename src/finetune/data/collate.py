@@ -15,13 +15,16 @@ Rows are padded to the longest in the batch, or to `sequence_len` with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from finetune.config.settings import Settings
 from finetune.data.tokenize import IGNORE_INDEX
 from finetune.errors import RecipeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Collator:
         return out
 
 
-def pad_token_id(tokenizer: Any) -> int:
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The tokenizer's pad id; RecipeError when it has none (set `special_tokens: {pad_token: ...}`)."""
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
@@ -78,7 +81,7 @@ def pad_token_id(tokenizer: Any) -> int:
     return int(pad_id)
 
 
-def make_collator(settings: Settings, tokenizer: Any) -> Collator:
+def make_collator(settings: Settings, tokenizer: PreTrainedTokenizerBase) -> Collator:
     """The collator a recipe implies: the tokenizer's pad id; pad to sequence_len when pad_to_sequence_len."""
     pad_to = settings.sequence_len if settings.pad_to_sequence_len else None
     return Collator(pad_id=pad_token_id(tokenizer), pad_to=pad_to)

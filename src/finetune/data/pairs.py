@@ -35,10 +35,15 @@ from finetune.config.settings import DatasetSettings, Settings
 from finetune.data.formats import Message, chat_messages
 from finetune.data.pack import Ragged
 from finetune.data.readers import Origins, read_dataset
+from finetune.data.shards import SplitWriter
+from finetune.data.stream import TOKENIZE_CHUNK, eval_count
+from finetune.data.templates import ChatTemplate
+from finetune.data.summary import NO_SPLIT, PrepareSummary, Progress, SplitStats, nonzero
+from finetune.data.tokenize import IGNORE_INDEX, labels_from_spans, token_length_table, tokenize_with_starts
 from finetune.errors import DataError
 
 if TYPE_CHECKING:
-    from finetune.data.build import PrepareSummary, Progress
+    from transformers import PreTrainedTokenizerBase
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 PROMPT_FIELDS = ("question", "prompt")  # the user turn of the flat Intel/TRL layout, first found wins
@@ -187,11 +192,9 @@ class _Only:
 # --- tokenize ---------------------------------------------------------------------------------
 
 
-def encode_pairs(pairs: list[Pair], *, template: Any, tokenizer: Any, token_lengths: Any = None
+def encode_pairs(pairs: list[Pair], *, template: ChatTemplate, tokenizer: PreTrainedTokenizerBase, token_lengths: Any = None
                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(prompt_ids, chosen_ids, rejected_ids) of each pair (see the module doc)."""
-    from finetune.data.tokenize import IGNORE_INDEX, labels_from_spans, tokenize_with_starts
-
     conversations = []
     for pair in pairs:
         for reply in (pair.chosen, pair.rejected):
@@ -223,12 +226,9 @@ def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
 # --- build ------------------------------------------------------------------------------------
 
 
-def build_pair_splits(settings: Settings, tokenizer: Any, template: Any, report: "Progress"
-                      ) -> tuple[dict[str, dict[str, Ragged] | None], "PrepareSummary"]:
+def build_pair_splits(settings: Settings, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, report: Progress
+                      ) -> tuple[dict[str, dict[str, Ragged] | None], PrepareSummary]:
     """The pair train/eval columns (PAIR_COLUMNS) and their summary, as build.build_splits does for SFT."""
-    from finetune.data.build import TOKENIZE_CHUNK, NO_SPLIT, PrepareSummary, SplitStats, _nonzero, eval_count
-    from finetune.data.tokenize import token_length_table
-
     pairs: list[Pair] = []
     where: list[str] = []
     read: dict[str, int] = {}
@@ -294,20 +294,18 @@ def build_pair_splits(settings: Settings, tokenizer: Any, template: Any, report:
         scored = len(columns["chosen_ids"].values) + len(columns["rejected_ids"].values)
         stats[name] = SplitStats(len(rows), len(rows), scored + 2 * len(columns["prompt_ids"].values), scored)
     if stats["train"].samples == 0:
-        raise DataError(f"no training pairs left after filtering; dropped: {_nonzero(dropped)}")
+        raise DataError(f"no training pairs left after filtering; dropped: {nonzero(dropped)}")
     summary = PrepareSummary.of_splits(read, dropped, truncated, stats["train"], stats["eval"],
                                        sequence_len=settings.sequence_len, packed=False)
     return splits, summary
 
 
-def write_pair_splits(settings: Settings, tokenizer: Any, template: Any, report: "Progress", directory: Path,
-                      fingerprint: str) -> "PrepareSummary":
+def write_pair_splits(settings: Settings, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, report: Progress,
+                      directory: Path, fingerprint: str) -> PrepareSummary:
     """`build_pair_splits`, written into the cache's `directory` as `save_to_disk` splits; returns the summary.
 
     Pairs are built in memory (preference sets are thousands of pairs, not millions); SFT data streams
     (finetune.data.stream)."""
-    from finetune.data.shards import SplitWriter
-
     splits, summary = build_pair_splits(settings, tokenizer, template, report)
     for name, columns in splits.items():
         if columns is not None:

@@ -98,116 +98,6 @@ def read_dataset(dataset: DatasetSettings) -> RawTable:
     return read_arrow(path, dataset)
 
 
-@dataclass(frozen=True)
-class RowBatch:
-    """Consecutive rows of one dataset file with their origins, and the input bytes they came from
-    (for progress; 0 where the format is read whole)."""
-
-    table: RawTable
-    bytes_read: int
-
-
-def iter_dataset(dataset: DatasetSettings, batch_size: int) -> Iterator[RowBatch]:
-    """The rows of one `datasets:` entry in file order, `batch_size` at a time, with their origins.
-
-    Every format is streamed (memory does not grow with the file): JSON lines, Parquet and Arrow here,
-    JSON arrays and CSV in finetune.data.stream_readers. Errors are those of `read_dataset`.
-    """
-    path = dataset_path(dataset)
-    fmt = resolve_format(dataset, path)
-    if fmt in ("json", "jsonl") and not path.is_dir() and (fmt == "jsonl" or _first_byte(path) != b"["):
-        yield from _stream_json_lines(path, batch_size)
-        return
-    if fmt == "parquet" and not path.is_dir():
-        yield from _stream_parquet(path, batch_size)
-        return
-    if fmt == "arrow":
-        yield from _stream_arrow(path, dataset, batch_size)
-        return
-    from finetune.data.stream_readers import stream_csv, stream_json_array
-
-    if fmt == "csv" and not path.is_dir():
-        yield from stream_csv(path, batch_size)
-        return
-    if fmt == "json" and not path.is_dir():
-        yield from stream_json_array(path, batch_size)
-        return
-    table = read_dataset(dataset)  # a directory given as parquet/json/csv: read as read_dataset reads it
-    for start in range(0, len(table.rows), batch_size):
-        rows = table.rows[start : start + batch_size]
-        numbers = table.origins.numbers[start : start + batch_size]
-        yield RowBatch(RawTable(table.source, rows, Origins(table.source, numbers, table.origins.unit)), 0)
-
-
-def _stream_parquet(path: Path, batch_size: int) -> Iterator[RowBatch]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    source, start = str(path), 0
-    try:
-        file = pq.ParquetFile(path)
-        share = path.stat().st_size / max(file.metadata.num_rows, 1)  # bytes per row, for progress
-        for batch in file.iter_batches(batch_size=batch_size):
-            yield _record_batch(source, batch.to_pylist(), start, share)
-            start += batch.num_rows
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: cannot read as Parquet: {exc}") from None
-    if not start:
-        raise DataError(f"{source}: the dataset has no rows")
-
-
-def _stream_arrow(path: Path, dataset: DatasetSettings, batch_size: int) -> Iterator[RowBatch]:
-    source, loaded = _open_arrow(path, dataset)
-    if not len(loaded):
-        raise DataError(f"{source}: the dataset has no rows")
-    share = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / len(loaded)
-    for start in range(0, len(loaded), batch_size):
-        columns = loaded[start : start + batch_size]
-        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-        yield _record_batch(source, rows, start, share)
-
-
-def _record_batch(source: str, rows: list[dict[str, Any]], start: int, row_bytes: float) -> RowBatch:
-    origins = Origins(source, range(start + 1, start + len(rows) + 1), "record")
-    return RowBatch(RawTable(source, rows, origins), round(row_bytes * len(rows)))
-
-
-def _first_byte(path: Path) -> bytes:
-    """The first non-whitespace byte of a file (b"" when there is none)."""
-    with open(path, "rb") as handle:
-        for number, block in enumerate(iter(lambda: handle.read(1 << 16), b"")):
-            stripped = (block.removeprefix(b"\xef\xbb\xbf") if number == 0 else block).lstrip()
-            if stripped:
-                return stripped[:1]
-    return b""
-
-
-def _stream_json_lines(path: Path, batch_size: int) -> Iterator[RowBatch]:
-    source = str(path)
-    with open(path, "rb") as handle:
-        rows: list[dict[str, Any]] = []
-        numbers: list[int] = []
-        consumed = counted = total = 0
-
-        def counting(lines: Iterable[bytes]) -> Iterator[bytes]:
-            nonlocal consumed
-            for line in lines:
-                consumed += len(line)
-                yield line.rstrip(b"\n")
-
-        for row, number in _json_lines(path, counting(handle)):
-            rows.append(row)
-            numbers.append(number)
-            total += 1
-            if len(rows) == batch_size:
-                yield RowBatch(RawTable(source, rows, Origins(source, tuple(numbers), "line")), consumed - counted)
-                rows, numbers, counted = [], [], consumed
-        if rows:
-            yield RowBatch(RawTable(source, rows, Origins(source, tuple(numbers), "line")), consumed - counted)
-        elif not total:
-            raise DataError(f"{path}: the file is empty; expected JSON objects (one per line, or a JSON array)")
-
-
 # --- JSON and JSON lines ------------------------------------------------------------------
 
 
@@ -239,13 +129,13 @@ def _decode(path: Path, data: bytes) -> str:
 def _read_json_lines(path: Path, data: bytes) -> RawTable:
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
-    for row, number in _json_lines(path, data.split(b"\n")):
+    for row, number in json_lines(path, data.split(b"\n")):
         rows.append(row)
         lines.append(number)
     return RawTable(str(path), rows, Origins(str(path), tuple(lines), "line"))
 
 
-def _json_lines(path: Path, lines: Iterable[bytes]) -> Iterator[tuple[dict[str, Any], int]]:
+def json_lines(path: Path, lines: Iterable[bytes]) -> Iterator[tuple[dict[str, Any], int]]:
     """(object, line number) of every non-blank line; DataError naming the line otherwise."""
     loads = json.loads
     for number, line in enumerate(lines, 1):
@@ -368,11 +258,11 @@ def read_csv(path: Path) -> RawTable:
 
 def read_arrow(path: Path, dataset: DatasetSettings) -> RawTable:
     """A `datasets.save_to_disk` directory (Dataset, or DatasetDict read at `split`)."""
-    source, loaded = _open_arrow(path, dataset)
+    source, loaded = open_arrow(path, dataset)
     return _table_rows(source, loaded.to_list())
 
 
-def _open_arrow(path: Path, dataset: DatasetSettings) -> tuple[str, Any]:
+def open_arrow(path: Path, dataset: DatasetSettings) -> tuple[str, Any]:
     """(source name, the memory-mapped `datasets.Dataset`) of a save_to_disk directory."""
     import datasets
 

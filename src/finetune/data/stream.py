@@ -37,10 +37,11 @@ from finetune.data.formats import Sample, format_table, sample_key
 from finetune.data.neardup import NearDuplicateFinder, conversation_text, drop_filler_turns, excerpts, has_assistant
 from finetune.data.pack import bin_order, packed_rows, plan_bins
 from finetune.data.parallel import EncodeOptions, Encoder, Job, encode_batches, resolve_workers
-from finetune.data.readers import Origins, dataset_path, iter_dataset
+from finetune.data.readers import Origins, dataset_path
+from finetune.data.stream_readers import iter_dataset
 from finetune.data.shards import SplitWriter, TextStore, TokenShards, TokenShardWriter
-from finetune.data.summary import NO_SPLIT, PrepareSummary, Progress, SplitStats
-from finetune.data.tokenize import IGNORE_INDEX
+from finetune.data.summary import NO_SPLIT, PrepareSummary, Progress, SplitStats, nonzero
+from finetune.data.tokenize import IGNORE_INDEX, token_length_table
 from finetune.errors import DataError, RecipeError
 
 TOKENIZE_CHUNK = 1000  # rows read, filtered and encoded together (one progress update each)
@@ -58,7 +59,7 @@ def build_streamed(
     plans, truncated, dropped = plan_splits(tokenized, settings)
     train, evaluation = (plan.stats if plan else NO_SPLIT for plan in (plans["train"], plans["eval"]))
     if train.samples == 0:
-        raise DataError(f"no training samples left after filtering; dropped: {_nonzero(dropped)}")
+        raise DataError(f"no training samples left after filtering; dropped: {nonzero(dropped)}")
     for name, plan in plans.items():
         if plan is not None:
             fingerprint = hashlib.sha256(f"{key}/{name}".encode()).hexdigest()[:16]
@@ -200,8 +201,6 @@ class RowRules:
 
 def tokenize_to_shards(settings: Settings, tokenizer: Any, template: Any, work: Path, report: Progress) -> Tokenized:
     """Pass 1 (see the module doc)."""
-    from finetune.data.tokenize import token_length_table
-
     work.mkdir(parents=True, exist_ok=True)
     rules = RowRules(settings, work)
     writer = TokenShardWriter(work / "tokens", settings.preprocess_shard_size)
@@ -381,6 +380,3 @@ def write_split(
         yield row
     writer.close(fingerprint)
 
-
-def _nonzero(counts: dict[str, int]) -> str:
-    return ", ".join(f"{reason} {count}" for reason, count in counts.items() if count) or "nothing"

@@ -1,64 +1,172 @@
-"""JSON arrays and CSV files read a batch of rows at a time (JSON lines, Parquet and Arrow: finetune.data.readers).
+"""The rows of a dataset file a batch at a time (`iter_dataset`), every format streamed.
 
 Memory is bounded by one read chunk plus the largest record, not the file. Rows and origins are those of the
-whole-file readers (`readers.read_json`, `readers.read_csv`). Bad input is rare and its message must be exactly
-the whole-file reader's, so at the first problem the stream hands the file to that reader and raises its error.
+whole-file readers in finetune.data.readers. Bad input is rare and its message must be exactly the whole-file
+reader's, so at the first problem a JSON array or CSV stream hands the file to that reader and raises its error.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
-import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from finetune.data.readers import Origins, RawTable, RowBatch, read_csv, read_json
+from finetune.config.settings import DatasetSettings
+from finetune.data.jsonstream import JsonStream
+from finetune.data.readers import (
+    Origins,
+    RawTable,
+    dataset_path,
+    json_lines,
+    open_arrow,
+    read_csv,
+    read_dataset,
+    read_json,
+    resolve_format,
+)
 from finetune.errors import DataError
 
-CHUNK_BYTES = 1 << 22
-_SPACE = " \t\r\n"
+CHUNK_BYTES = 1 << 22  # bytes read at a time by the JSON array stream
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """Consecutive rows of one dataset file with their origins, and the input bytes they came from
+    (for progress; 0 where the format is read whole)."""
+
+    table: RawTable
+    bytes_read: int
+
+
+def iter_dataset(dataset: DatasetSettings, batch_size: int) -> Iterator[RowBatch]:
+    """The rows of one `datasets:` entry in file order, `batch_size` at a time, with their origins.
+
+    Every format is streamed (memory does not grow with the file). Errors are those of `read_dataset`.
+    """
+    path = dataset_path(dataset)
+    fmt = resolve_format(dataset, path)
+    if fmt in ("json", "jsonl") and not path.is_dir() and (fmt == "jsonl" or _first_byte(path) != b"["):
+        yield from _stream_json_lines(path, batch_size)
+        return
+    if fmt == "parquet" and not path.is_dir():
+        yield from _stream_parquet(path, batch_size)
+        return
+    if fmt == "arrow":
+        yield from _stream_arrow(path, dataset, batch_size)
+        return
+    if fmt == "csv" and not path.is_dir():
+        yield from stream_csv(path, batch_size)
+        return
+    if fmt == "json" and not path.is_dir():
+        yield from stream_json_array(path, batch_size)
+        return
+    table = read_dataset(dataset)  # a directory given as parquet/json/csv: read as read_dataset reads it
+    for start in range(0, len(table.rows), batch_size):
+        rows = table.rows[start : start + batch_size]
+        numbers = table.origins.numbers[start : start + batch_size]
+        yield RowBatch(RawTable(table.source, rows, Origins(table.source, numbers, table.origins.unit)), 0)
+
+
+# --- formats read a batch at a time ------------------------------------------------------------------
+
+
+def _stream_parquet(path: Path, batch_size: int) -> Iterator[RowBatch]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source, start = str(path), 0
+    try:
+        file = pq.ParquetFile(path)
+        share = path.stat().st_size / max(file.metadata.num_rows, 1)  # bytes per row, for progress
+        for batch in file.iter_batches(batch_size=batch_size):
+            yield _record_batch(source, batch.to_pylist(), start, share)
+            start += batch.num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: cannot read as Parquet: {exc}") from None
+    if not start:
+        raise DataError(f"{source}: the dataset has no rows")
+
+
+def _stream_arrow(path: Path, dataset: DatasetSettings, batch_size: int) -> Iterator[RowBatch]:
+    source, loaded = open_arrow(path, dataset)
+    if not len(loaded):
+        raise DataError(f"{source}: the dataset has no rows")
+    share = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / len(loaded)
+    for start in range(0, len(loaded), batch_size):
+        columns = loaded[start : start + batch_size]
+        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        yield _record_batch(source, rows, start, share)
+
+
+def _record_batch(source: str, rows: list[dict[str, Any]], start: int, row_bytes: float) -> RowBatch:
+    origins = Origins(source, range(start + 1, start + len(rows) + 1), "record")
+    return RowBatch(RawTable(source, rows, origins), round(row_bytes * len(rows)))
+
+
+def _first_byte(path: Path) -> bytes:
+    """The first non-whitespace byte of a file (b"" when there is none)."""
+    with open(path, "rb") as handle:
+        for number, block in enumerate(iter(lambda: handle.read(1 << 16), b"")):
+            stripped = (block.removeprefix(b"\xef\xbb\xbf") if number == 0 else block).lstrip()
+            if stripped:
+                return stripped[:1]
+    return b""
+
+
+def _stream_json_lines(path: Path, batch_size: int) -> Iterator[RowBatch]:
+    source = str(path)
+    with open(path, "rb") as handle:
+        rows: list[dict[str, Any]] = []
+        numbers: list[int] = []
+        consumed = counted = total = 0
+
+        def counting(lines: Iterable[bytes]) -> Iterator[bytes]:
+            nonlocal consumed
+            for line in lines:
+                consumed += len(line)
+                yield line.rstrip(b"\n")
+
+        for row, number in json_lines(path, counting(handle)):
+            rows.append(row)
+            numbers.append(number)
+            total += 1
+            if len(rows) == batch_size:
+                yield RowBatch(RawTable(source, rows, Origins(source, tuple(numbers), "line")), consumed - counted)
+                rows, numbers, counted = [], [], consumed
+        if rows:
+            yield RowBatch(RawTable(source, rows, Origins(source, tuple(numbers), "line")), consumed - counted)
+        elif not total:
+            raise DataError(f"{path}: the file is empty; expected JSON objects (one per line, or a JSON array)")
 
 
 def stream_json_array(path: Path, batch_size: int) -> Iterator[RowBatch]:
     """The objects of a `[{...}, {...}]` file, `batch_size` at a time, each with the line it starts on."""
-    stream = _TextStream(path)
+    stream = JsonStream(path, chunk_bytes=CHUNK_BYTES)
     source = str(path)
-    decoder = json.JSONDecoder()
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
     total = reported = 0
     try:
-        stream.skip_space()
-        if not stream.take("["):
-            raise _Invalid
-        while True:
-            stream.skip_space()
-            if stream.at_end():
-                raise _Invalid  # not closed
-            if stream.take("]"):
-                break
-            if total and not stream.take(","):
-                raise _Invalid
-            stream.skip_space()
+        for _ in stream.elements():
             line = stream.line()
-            row = stream.decode(decoder)
+            row = stream.value()
             if type(row) is not dict:
                 raise _Invalid
             rows.append(row)
             lines.append(line)
             total += 1
             if len(rows) == batch_size:
-                yield RowBatch(RawTable(source, rows, Origins(source, tuple(lines), "line")), stream.bytes - reported)
-                rows, lines, reported = [], [], stream.bytes
-        stream.skip_space()
-        if not stream.at_end() or not total:
+                table = RawTable(source, rows, Origins(source, tuple(lines), "line"))
+                yield RowBatch(table, stream.bytes_read - reported)
+                rows, lines, reported = [], [], stream.bytes_read
+        if stream.peek() or not total:
             raise _Invalid  # extra data after `]`, or an empty array
         if rows:
-            yield RowBatch(RawTable(source, rows, Origins(source, tuple(lines), "line")), stream.bytes - reported)
-    except (_Invalid, UnicodeDecodeError):
+            yield RowBatch(RawTable(source, rows, Origins(source, tuple(lines), "line")), stream.bytes_read - reported)
+    except (_Invalid, DataError):
         raise _whole_file_error(path, read_json) from None
     finally:
         stream.close()
@@ -108,65 +216,3 @@ def _whole_file_error(path: Path, reader: Callable[[Path], Any]) -> DataError:
     except DataError as exc:
         return exc
     return DataError(f"{path}: the file could not be read in a stream, though it parses whole; please report this")
-
-
-class _TextStream:
-    """A UTF-8 file as text, decoded a chunk at a time; `buf[pos:]` is what has not been consumed yet."""
-
-    def __init__(self, path: Path) -> None:
-        self.handle = open(path, "rb")  # noqa: SIM115 - closed by close()
-        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
-        self.buf, self.pos, self.eof, self.bytes = "", 0, False, 0
-        self._line, self._counted = 1, 0  # the line number at buf[_counted]
-
-    def close(self) -> None:
-        self.handle.close()
-
-    def more(self) -> bool:
-        """Append the next chunk (dropping what was consumed); False at the end of the file."""
-        if self.eof:
-            return False
-        data = self.handle.read(CHUNK_BYTES)
-        self.bytes += len(data)
-        text = self.decoder.decode(data, final=not data)
-        self.eof = not data
-        self._line += self.buf.count("\n", self._counted, self.pos)
-        self.buf, self.pos, self._counted = self.buf[self.pos :] + text, 0, 0
-        return True
-
-    def skip_space(self) -> None:
-        while True:
-            while self.pos < len(self.buf) and self.buf[self.pos] in _SPACE:
-                self.pos += 1
-            if self.pos < len(self.buf) or not self.more():
-                return
-
-    def at_end(self) -> bool:
-        return self.pos >= len(self.buf) and not self.more()
-
-    def take(self, char: str) -> bool:
-        if self.pos >= len(self.buf) and not self.more():
-            return False
-        if self.buf[self.pos] == char:
-            self.pos += 1
-            return True
-        return False
-
-    def line(self) -> int:
-        self._line += self.buf.count("\n", self._counted, self.pos)
-        self._counted = self.pos
-        return self._line
-
-    def decode(self, decoder: json.JSONDecoder) -> Any:
-        """The JSON value at `pos`, reading more of the file until it is complete."""
-        while True:
-            try:
-                value, end = decoder.raw_decode(self.buf, self.pos)
-            except json.JSONDecodeError:
-                if self.more():
-                    continue
-                raise _Invalid from None
-            if end == len(self.buf) and self.more():
-                continue  # a number (or literal) may go on in the next chunk
-            self.pos = end
-            return value

@@ -7,6 +7,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+from finetune.data.pack import packing_efficiency
+
 
 @dataclass(frozen=True)
 class PrepareSummary:
@@ -33,8 +35,6 @@ class PrepareSummary:
     def of_splits(cls, read: dict[str, int], dropped: dict[str, int], truncated: int, train: "SplitStats",
                   evaluation: "SplitStats", *, sequence_len: int, packed: bool, **extra: Any) -> "PrepareSummary":
         """The summary of a build from its split counts (`extra`: filler_turns, near_duplicate_examples, ...)."""
-        from finetune.data.pack import packing_efficiency
-
         return cls(
             read=read, dropped=dropped, truncated=truncated,
             train_samples=train.samples, eval_samples=evaluation.samples,
@@ -100,6 +100,11 @@ class SplitStats(NamedTuple):
 
 
 NO_SPLIT = SplitStats(0, 0, 0, 0)
+
+
+def nonzero(counts: dict[str, int]) -> str:
+    """`reason count, ...` of the non-zero counts (what filtering dropped), or "nothing"."""
+    return ", ".join(f"{reason} {count}" for reason, count in counts.items() if count) or "nothing"
 
 
 class Progress:

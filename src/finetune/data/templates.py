@@ -124,7 +124,7 @@ def render_llama3(messages: Sequence[Message], add_generation_prompt: bool = Fal
     eot_spans: list[Span | None] = []
     pos = 0
     for index, message in enumerate(messages):
-        head = ("<|begin_of_text|>" if index == 0 else "") + f"<|start_header_id|>{message['role']}<|end_header_id|>\n\n"
+        head = (LLAMA3_BOS if index == 0 else "") + f"<|start_header_id|>{message['role']}<|end_header_id|>\n\n"
         content = message["content"].strip()
         start = pos + len(head)
         end = start + len(content)

@@ -28,13 +28,16 @@ that the lengths add up; otherwise the offset mapping is used.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from finetune.config.settings import TrainOnEos
 from finetune.data.templates import ChatTemplate, Message, Rendered, Span
 from finetune.errors import RecipeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100  # the label of an untrained token; the one definition (data, collator, loss)
 Example = tuple[np.ndarray, np.ndarray]
@@ -81,7 +84,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def byte_level_token_lengths(tokenizer: Any) -> np.ndarray | None:
+def byte_level_token_lengths(tokenizer: PreTrainedTokenizerBase) -> np.ndarray | None:
     """UTF-8 byte length of every token id, or None unless the tokenizer is plain byte-level BPE.
 
     In byte-level BPE every character of a vocabulary string stands for one byte; added
@@ -118,12 +121,14 @@ def _char_starts_from_bytes(text: str, ids: np.ndarray, lengths: np.ndarray) -> 
     return char_of_byte[starts]
 
 
-def _backend_usable(tokenizer: Any) -> bool:
+def _backend_usable(tokenizer: PreTrainedTokenizerBase) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     return backend is not None and backend.truncation is None and backend.padding is None
 
 
-def tokenize_with_starts(tokenizer: Any, texts: Sequence[str], lengths: np.ndarray | None = None) -> list[Example]:
+def tokenize_with_starts(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], lengths: np.ndarray | None = None
+) -> list[Example]:
     """Tokenize ``texts`` in ONE tokenizer call: ``(ids, start char offsets)`` per text.
 
     Fast route: the Rust backend's ``encode_batch_fast`` (parallel, no offsets) and
@@ -156,7 +161,7 @@ def tokenize_with_starts(tokenizer: Any, texts: Sequence[str], lengths: np.ndarr
     ]
 
 
-def tokenize_ids(tokenizer: Any, texts: Sequence[str]) -> list[np.ndarray]:
+def tokenize_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[np.ndarray]:
     """Token ids (no special tokens added) of ``texts``, in one tokenizer call."""
     texts = list(texts)
     if not texts:
@@ -172,7 +177,7 @@ def encode_conversations(
     conversations: Sequence[Sequence[Message]],
     *,
     template: ChatTemplate,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     roles_to_train: Sequence[str] = ("assistant",),
     train_on_eos: TrainOnEos = "turn",
     train_on_inputs: bool = False,
@@ -206,7 +211,7 @@ def encode_conversations(
     return out
 
 
-def token_length_table(tokenizer: Any) -> np.ndarray | None:
+def token_length_table(tokenizer: PreTrainedTokenizerBase) -> np.ndarray | None:
     """Byte length of every token when the fast byte-level route applies, else None (use offsets)."""
     return byte_level_token_lengths(tokenizer) if _backend_usable(tokenizer) else None
 
@@ -216,7 +221,7 @@ def encode_conversation(messages: Sequence[Message], **kwargs: Any) -> Example:
     return encode_conversations([messages], **kwargs)[0]
 
 
-def encode_completions(texts: Sequence[str], *, tokenizer: Any, batch_size: int = 1000) -> list[Example]:
+def encode_completions(texts: Sequence[str], *, tokenizer: PreTrainedTokenizerBase, batch_size: int = 1000) -> list[Example]:
     """Completion mode: ``BOS + text + EOS`` (BOS only if the tokenizer has one), all tokens trained."""
     eos_id = getattr(tokenizer, "eos_token_id", None)
     if eos_id is None:

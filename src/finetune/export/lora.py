@@ -131,7 +131,7 @@ def write_lora_gguf(path: Path, tensors: dict[str, tuple[Any, Any]], base_config
     import gguf
     import numpy as np
 
-    from finetune.export.gguf_llama import _convert
+    from finetune.export.gguf_llama import convert_tensor
 
     heads = base_config["num_attention_heads"]
     kv_heads = base_config.get("num_key_value_heads") or heads
@@ -159,7 +159,7 @@ def write_lora_gguf(path: Path, tensors: dict[str, tuple[Any, Any]], base_config
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for done, ((target, tensor, group_rows), qtype) in enumerate(zip(plan, types), 1):
-            writer.write_tensor_data(_convert(tensor, list(tensor.shape), qtype, group_rows))
+            writer.write_tensor_data(convert_tensor(tensor, list(tensor.shape), qtype, group_rows))
             if progress is not None:
                 progress(done, len(plan))
     finally:

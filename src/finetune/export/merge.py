@@ -41,6 +41,7 @@ from typing import Any, Callable, Literal, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError, RecipeError
+from finetune.model.shapes import NF4_BLOCK
 from finetune.model.tokenizer import eos_ids
 from finetune.runs.read import base_model_dir, load_run_tokenizer, read_adapter_config, read_json, resolve_adapter_dir
 from finetune.export.safetensors_stream import (FLOAT_CODES, INDEX_FILE, st_code, weight_files, write_index,
@@ -50,7 +51,6 @@ from finetune.config.sizes import parse_size
 logger = logging.getLogger(__name__)
 
 ADAPTER_PREFIX = "base_model.model."
-NF4_BLOCKSIZE = 64  # bitsandbytes' Params4bit default, which `load_in_4bit` uses
 MergeDtype = Literal["bf16", "fp16", "fp32"]
 
 
@@ -299,7 +299,7 @@ def _nf4_round_trip(weight: Any, dtype: Any) -> Any:
     import torch
 
     source = weight.to(dtype).contiguous()
-    packed, state = bnbf.quantize_4bit(source, blocksize=NF4_BLOCKSIZE, compress_statistics=True,
+    packed, state = bnbf.quantize_4bit(source, blocksize=NF4_BLOCK, compress_statistics=True,
                                        quant_type="nf4", quant_storage=dtype)
     return bnbf.dequantize_4bit(packed, state).to(torch.float32)
 

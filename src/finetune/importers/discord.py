@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from finetune.errors import DataError
 from finetune.importers.conversations import ImportOptions, Message, Stats, chat_rows
-from finetune.importers.jsonstream import JsonStream
+from finetune.data.jsonstream import JsonStream
 
 TEXT_TYPES = ("Default", "Reply")
 CALL_TYPES = ("Call",)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from finetune.errors import DataError
 from finetune.importers.conversations import ImportOptions, Message, Stats, chat_rows, check_me_spoke
-from finetune.importers.jsonstream import JsonStream
+from finetune.data.jsonstream import JsonStream
 
 MESSAGE_FILE = re.compile(r"message_(\d+)\.json")
 MEDIA_DIRS = {"photos", "videos", "audio", "gifs", "files", "stickers_used", "media"}

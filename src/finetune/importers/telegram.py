@@ -1,7 +1,7 @@
 """Telegram Desktop exports ("Export chat history", JSON): one chat's result.json
 (`{name, type, id, messages}`) or a full-account export (`personal_information`, `chats.list[]`).
 
-The file is walked as a stream (see jsonstream.py): each message object is decoded on its own and
+The file is walked as a stream (see finetune.data.jsonstream): each message object is decoded on its own and
 each chat's text messages are turned into rows before the next chat is read.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from finetune.errors import DataError
 from finetune.importers.conversations import ImportOptions, Message, Stats, chat_rows, is_me
-from finetune.importers.jsonstream import JsonStream
+from finetune.data.jsonstream import JsonStream
 
 MEDIA_KEYS = ("photo", "file", "media_type", "poll", "sticker_emoji", "location_information",
               "contact_information", "game_information", "invoice_information")

@@ -13,11 +13,21 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from finetune.config.settings import Settings
+from finetune.data.build import prepare_data
+from finetune.data.collate import Collator, make_collator
 from finetune.errors import FinetuneError
-from finetune.runs.read import adapter_kind, read_adapter_config, resolve_adapter_dir
+from finetune.infer.common import dataset_settings, trained_dir
+from finetune.infer.evaluate_pairs import evaluate_pairs_main
+from finetune.model.load import load_model, place_for_inference
+from finetune.model.loss import trained_token_nll
+from finetune.model.tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +54,11 @@ def evaluate_main(
 ) -> int:
     """Evaluate and print a table; write the results as JSON (default `output_dir/eval_results.json`)."""
     if settings.rl is not None:  # preference pairs: accuracy and reward margins (the reference is always scored)
-        from finetune.infer.evaluate_pairs import evaluate_pairs_main
-
         return evaluate_pairs_main(settings, adapter_dir=adapter_dir, dataset=dataset, output=output,
                                    batch_size=batch_size, progress=progress)
-    from finetune.data.build import prepare_data
-    from finetune.model.tokenizer import load_tokenizer
-
     adapter_dir = trained_dir(settings, adapter_dir)
     tokenizer = load_tokenizer(settings)
-    rows_settings = _dataset_settings(settings, dataset) if dataset else settings
+    rows_settings = dataset_settings(settings, dataset) if dataset else settings
     prepared = prepare_data(rows_settings, tokenizer, progress=progress)
     rows = prepared.train if dataset else prepared.eval
     if rows is None or len(rows) == 0:
@@ -61,7 +66,7 @@ def evaluate_main(
             f"{settings.where('val_set_size')}: no validation split to evaluate; set val_set_size or pass --dataset FILE"
         )
     results = evaluate_rows(settings, tokenizer, rows, adapter_dir=adapter_dir, base=base,
-                            batch_size=batch_size or settings.eval_batch_size or settings.micro_batch_size,
+                            batch_size=batch_size or settings.eval_batch,
                             progress=progress)
     print(format_results(results))
     output = Path(output or Path(settings.output_dir) / "eval_results.json")
@@ -73,8 +78,8 @@ def evaluate_main(
 
 def evaluate_rows(
     settings: Settings,
-    tokenizer: Any,
-    rows: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Dataset,
     *,
     adapter_dir: Path,
     base: bool,
@@ -82,9 +87,6 @@ def evaluate_rows(
     progress: bool = False,
 ) -> list[EvalResult]:
     """Fine-tuned (and optionally base) model results on prepared `rows`; `adapter_dir` as `trained_dir` gives it."""
-    from finetune.data.collate import make_collator
-    from finetune.model.load import load_model, place_for_inference
-
     collate = make_collator(settings, tokenizer)
     model = place_for_inference(load_model(settings, tokenizer, training=False), settings).eval()
     results = []
@@ -109,27 +111,8 @@ def evaluate_rows(
     return results
 
 
-def trained_dir(settings: Settings, adapter_dir: Path | None) -> Path:
-    """The run to score (`--adapter DIR`, else output_dir), checked whole: an adapter run's adapter, or a full
-    fine-tune's model. Never the untouched base under the "fine-tuned" label: a FinetuneError instead."""
-    if settings.adapter:
-        path = resolve_adapter_dir(settings, adapter_dir)
-        read_adapter_config(path)
-        return path
-    path = Path(adapter_dir if adapter_dir is not None else settings.output_dir).expanduser()
-    if not (path / "config.json").is_file():
-        raise FinetuneError(
-            f"no fine-tuned model in {path} (config.json missing): a full fine-tune saves its model there; "
-            "evaluating now would score the untouched base. Run `finetune train` first or pass --adapter DIR"
-        )
-    adapter_kind(path)  # config and weights whole, else a DataError naming the file
-    return path
-
-
-def _score(model: Any, rows: Any, collate: Any, batch_size: int, name: str, progress: bool) -> EvalResult:
+def _score(model: PreTrainedModel, rows: Dataset, collate: Collator, batch_size: int, name: str, progress: bool) -> EvalResult:
     import torch
-
-    from finetune.model.loss import trained_token_nll
 
     start = time.perf_counter()
     total_nll, total_count = 0.0, 0
@@ -158,19 +141,3 @@ def format_results(results: Sequence[EvalResult]) -> str:
     for r in results:
         lines.append(f"{r.model:<12} {r.loss:>10.4f} {r.perplexity:>12.2f} {r.trained_tokens:>15,} {r.rows:>6}")
     return "\n".join(lines)
-
-
-def _dataset_settings(settings: Settings, dataset: str) -> Settings:
-    """The recipe with its data replaced by `dataset` (same format as the first entry), all of it one split."""
-    first = settings.datasets[0].model_copy(update={"path": dataset})
-    updated = settings.model_copy(
-        update={
-            "datasets": [first],
-            "val_set_size": 0.0,
-            "dedup": False,
-            "sample_packing": settings.packs_eval,
-            "eval_sample_packing": None,
-        }
-    )
-    first._source, first._path = None, ()
-    return updated

@@ -2,7 +2,7 @@
 
 For each validation pair (or each pair of `--dataset FILE`) and each model, the log-prob margin is
 log p(chosen | prompt) - log p(rejected | prompt), summed over the reply tokens exactly as training
-scores them (finetune.train.reference). Reported per model:
+scores them (finetune.model.loss.sequence_log_probs). Reported per model:
 
 - preference accuracy: the share of pairs with a positive margin;
 - mean log-prob margin;
@@ -20,12 +20,22 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from finetune.config.settings import Settings
+from finetune.data.build import prepare_data
+from finetune.data.collate import pad_token_id
 from finetune.errors import FinetuneError
+from finetune.infer.common import dataset_settings, trained_dir
+from finetune.model.load import load_model, place_for_inference
+from finetune.model.loss import sequence_log_probs
+from finetune.model.tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +53,9 @@ class PairResult:
 def evaluate_pairs_main(settings: Settings, *, adapter_dir: Path | None, dataset: str | None, output: Path | None,
                         batch_size: int | None, progress: bool = True) -> int:
     """Score the reference and the tuned model on the pairs; print a table and write JSON."""
-    from finetune.data.build import prepare_data
-    from finetune.infer.evaluate import _dataset_settings, trained_dir
-    from finetune.model.tokenizer import load_tokenizer
-
     run_dir = trained_dir(settings, adapter_dir)
     tokenizer = load_tokenizer(settings)
-    prepared = prepare_data(_dataset_settings(settings, dataset) if dataset else settings, tokenizer,
+    prepared = prepare_data(dataset_settings(settings, dataset) if dataset else settings, tokenizer,
                             progress=progress)
     rows = prepared.train if dataset else prepared.eval
     if rows is None or len(rows) == 0:
@@ -57,7 +63,7 @@ def evaluate_pairs_main(settings: Settings, *, adapter_dir: Path | None, dataset
             f"{settings.where('val_set_size')}: no validation pairs to evaluate; set val_set_size or pass --dataset FILE"
         )
     margins = pair_margins(settings, tokenizer, rows, run_dir=run_dir,
-                           batch_size=batch_size or settings.eval_batch_size or settings.micro_batch_size)
+                           batch_size=batch_size or settings.eval_batch)
     results = summarize_pairs(margins, beta=settings.rl_beta)
     print(format_pair_results(results))
     output = Path(output or Path(settings.output_dir) / "eval_results.json")
@@ -67,13 +73,9 @@ def evaluate_pairs_main(settings: Settings, *, adapter_dir: Path | None, dataset
     return 0
 
 
-def pair_margins(settings: Settings, tokenizer: Any, rows: Any, *, run_dir: Path, batch_size: int
+def pair_margins(settings: Settings, tokenizer: PreTrainedTokenizerBase, rows: Dataset, *, run_dir: Path, batch_size: int
                  ) -> dict[str, np.ndarray]:
     """{"reference": [pairs, 2], "fine-tuned": [pairs, 2]} summed reply log-probs (chosen, rejected)."""
-    from finetune.data.collate import pad_token_id
-    from finetune.model.load import load_model, place_for_inference
-    from finetune.train.reference import sequence_log_probs
-
     pad_id = pad_token_id(tokenizer)
     model = place_for_inference(load_model(settings, tokenizer, training=False), settings).eval()
 

@@ -20,8 +20,11 @@ inside the GEMM) and in fp32 on CPU (see `_product_dtype`); everything after the
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from finetune.data.tokenize import IGNORE_INDEX
 
@@ -164,3 +167,68 @@ def _autograd_function() -> type:
             return grads[0], grads[1], grads[2], None, None, None, None, None, None
 
     return _Fused
+
+
+# --- preference pairs: the summed log-prob of each reply (DPO's reference, `finetune evaluate`) ---------------
+
+
+def sequence_log_probs(model: Any, rows: Any, *, pad_id: int, batch_size: int, fresh_adapter: bool,
+                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """[pairs, 2] (chosen, rejected) summed reply log-probs of `model` (dropout off, no gradients)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    off = model.disable_adapter() if fresh_adapter and hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    out = np.zeros((len(rows), 2), dtype=np.float64)
+    config = model.config.get_text_config()
+    head = model.get_output_embeddings()
+    try:
+        with torch.no_grad(), off:
+            for first in range(0, len(rows), batch_size):
+                batch = [rows[i] for i in range(first, min(first + batch_size, len(rows)))]
+                ids, mask, scored = pair_batch(batch, pad_id)
+                hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                               output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+                out[first : first + len(batch)] = reply_log_probs(hidden, ids.to(device), scored.to(device), head,
+                                                                  config).reshape(2, -1).T.cpu().numpy()
+                if progress is not None:
+                    progress(first + len(batch), len(rows))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def pair_batch(rows: list, pad_id: int) -> tuple[Any, Any, Any]:
+    """(input_ids, attention_mask, scored) [2B, T] as TRL's preference collator lays them out: all chosen
+    sequences (prompt + reply), then all rejected ones, right-padded; `scored` marks the reply tokens."""
+    import torch
+
+    sequences, scored = [], []
+    for side in ("chosen_ids", "rejected_ids"):
+        for row in rows:
+            prompt, reply = list(row["prompt_ids"]), list(row[side])
+            sequences.append(prompt + reply)
+            scored.append([0] * len(prompt) + [1] * len(reply))
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    marks = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, (sequence, marked) in enumerate(zip(sequences, scored)):
+        ids[i, : len(sequence)] = torch.tensor(sequence)
+        mask[i, : len(sequence)] = 1
+        marks[i, : len(marked)] = torch.tensor(marked)
+    return ids, mask, marks
+
+
+def reply_log_probs(hidden: Any, ids: Any, scored: Any, head: Any, config: Any) -> Any:
+    """Per sequence, the summed log-prob of its scored tokens given what precedes them ([2B] fp32)."""
+    import torch
+
+    targets = scored[:, 1:].bool()
+    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(targets)[targets]
+    _, per_token = fused_nll(hidden[:, :-1][targets], head.weight, getattr(head, "bias", None), ids[:, 1:][targets],
+                             logit_scale=float(getattr(config, "logit_scale", None) or 1.0),
+                             softcap=getattr(config, "final_logit_softcapping", None))
+    return -torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device).index_add_(0, rows, per_token)

@@ -1,4 +1,5 @@
-"""Model shapes for `finetune plan`: the dimensions of a Llama-style decoder, from config.json alone.
+"""Model shapes for `finetune plan`: the dimensions of a Llama-style decoder, from config.json alone; and the
+facts about the models finetune knows that need no weights (the Llama 3.1 special tokens, the NF4 block sizes).
 
 No torch import (`finetune.plan.estimate` relies on it): shapes come from the model's local `config.json` (or the Hugging
 Face cache), else from built-in Llama 3.1 8B / 70B shapes for the well-known hub names.
@@ -50,8 +51,36 @@ class ModelShapes:
         return heads * self.embedding_params + self.num_hidden_layers * self.layer_linear_params + norms
 
 
+NF4_BLOCK = 64  # bitsandbytes' blocksize for load_in_4bit (Params4bit's default): one absmax per 64 weights
+NF4_BLOCK2 = 256  # double quantization: one fp32 constant per 256 absmax blocks
+LLAMA31_BASE_TOKENS = 128000  # ids below the special tokens
+
+
+def _llama31_special_tokens() -> tuple[str, ...]:
+    named = (
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|reserved_special_token_0|>",
+        "<|reserved_special_token_1|>",
+        "<|finetune_right_pad_id|>",
+        "<|reserved_special_token_2|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eom_id|>",  # end of message
+        "<|eot_id|>",  # end of turn
+        "<|python_tag|>",
+    )
+    return named + tuple(f"<|reserved_special_token_{3 + i}|>" for i in range(256 - len(named)))
+
+
+# The 256 special tokens of Llama 3.1, in id order (128000..128255). Llama 3.1 names 128005 and 128011
+# `<|reserved_special_token_2|>` and `_3`; newer `llama-models` releases renamed them `<|step_id|>` and `<|image|>`
+# (Llama 3.2 vision). We follow the Llama 3.1 base checkpoints on the hub.
+LLAMA31_SPECIAL_TOKENS = _llama31_special_tokens()
+
+
 def _llama31(name: str, hidden: int, inter: int, layers: int, heads: int) -> ModelShapes:
-    return ModelShapes(name, 128256, hidden, inter, layers, heads, 8, hidden // heads, False, "built-in Llama 3.1 shapes")
+    return ModelShapes(name, LLAMA31_BASE_TOKENS + len(LLAMA31_SPECIAL_TOKENS), hidden, inter, layers, heads, 8, hidden // heads, False, "built-in Llama 3.1 shapes")
 
 
 _BUILTIN = {"8B": _llama31("Llama-3.1-8B", 4096, 14336, 32, 32), "70B": _llama31("Llama-3.1-70B", 8192, 28672, 80, 64)}

@@ -27,19 +27,17 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
-from finetune.config.settings import Settings
 from finetune.config.deepspeed import bundled_deepspeed_dir, resolve_deepspeed
+from finetune.config.settings import Settings, SpecialTokens
 from finetune.errors import RecipeError
-from finetune.model.shapes import BUILTIN_NAMES, ModelShapes, model_shapes
+from finetune.model.loss import ROW_CHUNK, VOCAB_TILE
+from finetune.model.shapes import BUILTIN_NAMES, LLAMA31_SPECIAL_TOKENS, NF4_BLOCK, NF4_BLOCK2, ModelShapes, model_shapes
+from finetune.plan.items import DS_DEFAULT_BUCKET, EIGHT_BIT_OPTIMIZERS, GIB, MIB, Item, ZeroConfig, nf4_bytes, optimizer_bytes
+from finetune.plan.zero3 import zero3_items
 
-GIB, MIB = 1024**3, 1024**2
-NF4_BLOCK, NF4_BLOCK2 = 64, 256  # bitsandbytes blocksize, double-quant blocksize
-BNB_8BIT_MIN_SIZE = 4096  # bnb optimizers keep 32-bit states for tensors smaller than this (min_8bit_size)
-VOCAB_TILE, TOKEN_CHUNK = 32768, 4096  # finetune.model.loss.VOCAB_TILE, trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
-ROW_CHUNK = 64  # finetune.model.loss.ROW_CHUNK
-DS_DEFAULT_BUCKET = 500_000_000  # DeepSpeed's default reduce_bucket_size (elements)
+TOKEN_CHUNK = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
 # Overheads not visible to torch.cuda.max_memory_allocated (sources: nvidia-smi of PyTorch processes on Ampere with
 # CUDA 12 lazy loading: 0.3-0.6 GiB for context + cuBLAS workspace; NCCL's per-peer buffers ~0.2-0.3 GiB; the
 # caching allocator's reserved-minus-allocated is typically 5-15% of the peak without expandable_segments).
@@ -47,21 +45,9 @@ CUDA_CONTEXT = 512 * MIB
 NCCL_BUFFERS = 256 * MIB
 FRAGMENTATION = 0.10
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-EIGHT_BIT_OPTIMIZERS = ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit")
 
 
 # --- the plan ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Item:
-    """One line of the estimate. phase: 'always' (resident), 'fwd/bwd' (kept from forward to backward), then
-    transients that never overlap: 'layer' (one layer's recompute + backward), 'loss' (the loss head), 'step'."""
-
-    name: str
-    bytes: int
-    phase: str = "always"
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,22 +93,6 @@ class MemoryPlan:
     def get(self, prefix: str) -> int:
         """Summed bytes of the items whose name starts with `prefix`."""
         return sum(i.bytes for i in self.items if i.name.startswith(prefix))
-
-
-@dataclass(frozen=True)
-class ZeroConfig:
-    stage: int = 0
-    path: str | None = None
-    overlap_comm: bool = False
-    contiguous_gradients: bool = True
-    reduce_bucket_size: int = DS_DEFAULT_BUCKET
-    offload_optimizer: bool = False
-    note: str = ""
-    # ZeRO-3 only (DeepSpeed's defaults; transformers fills "auto" from the hidden size)
-    offload_param: bool = False
-    prefetch_bucket_size: int = 50_000_000
-    persistence_threshold: int = 100_000
-    max_live_parameters: int = 1_000_000_000
 
 
 def zero_config(settings: Settings, hidden_size: int, path: Path | None = None) -> ZeroConfig:
@@ -213,7 +183,7 @@ def _estimate(s: Settings, world: int, budget: int, sh: ModelShapes, zero: ZeroC
         base = 0  # the whole model is trainable: counted below
     elif s.load_in_4bit:
         per_tensor = [i * o for i, o in linears.values()]
-        nf4 = L * sum(_nf4_bytes(x) for x in per_tensor)
+        nf4 = L * sum(nf4_bytes(x) for x in per_tensor)
         items.append(Item("base weights: NF4 linears (+ double-quant constants)", nf4,
                           note=f"{quantized / 1e9:.2f} B weights x 0.5 B + absmax uint8/64 + fp32/{NF4_BLOCK * NF4_BLOCK2}"))
         base = nf4
@@ -233,8 +203,6 @@ def _estimate(s: Settings, world: int, budget: int, sh: ModelShapes, zero: ZeroC
     # -- trainable params, gradients, optimizer ------------------------------------------------------------------
     host: list[Item] = []
     if zero.stage == 3:
-        from finetune.plan.zero3 import zero3_items
-
         items = [i for i in items if not i.name.startswith("base weights")]
         gpu3, host, notes3 = zero3_items(s, sh, zero, n, a, half, tensors)
         items += gpu3
@@ -284,7 +252,7 @@ def _trainable_items(s: Settings, zero: ZeroConfig, n: int, ds: bool, half: bool
         buckets = 2 if zero.overlap_comm else 1
         items.append(Item("DeepSpeed gradient buckets", buckets * zero.reduce_bucket_size * g_bytes,
                           note=f"{buckets} x reduce_bucket_size {zero.reduce_bucket_size:,} elements"))
-    opt, opt_note = _optimizer_bytes(s.optimizer, tensors, ds=ds)
+    opt, opt_note = optimizer_bytes(s.optimizer, tensors, ds=ds)
     if ds:
         opt = math.ceil(opt / n)
         opt_note += f", / {n} processes"
@@ -300,14 +268,9 @@ def _trainable_items(s: Settings, zero: ZeroConfig, n: int, ds: bool, half: bool
     return items
 
 
-def _transient_peak(items: Any) -> int:
+def _transient_peak(items: Sequence[Item]) -> int:
     phase = {p: sum(i.bytes for i in items if i.phase == p) for p in ("fwd/bwd", "layer", "loss", "step")}
     return max(phase["fwd/bwd"] + max(phase["layer"], phase["loss"]), phase["step"])
-
-
-def _nf4_bytes(numel: int) -> int:
-    blocks = math.ceil(numel / NF4_BLOCK)
-    return math.ceil(numel / 2) + blocks + 4 * math.ceil(blocks / NF4_BLOCK2) + 4 * (16 + 256 + 1)
 
 
 def _split(counts: dict[str, int]) -> str:
@@ -315,19 +278,6 @@ def _split(counts: dict[str, int]) -> str:
              (counts["modules_to_save_params"], "modules_to_save")]
     shown = [f"{c / 1e6:,.1f} M {label}" for c, label in parts if c]
     return " + ".join(shown) or f"{counts['trainable_params'] / 1e9:.2f} B (full fine-tuning)"
-
-
-def _optimizer_bytes(optimizer: str, tensors: list[int], *, ds: bool) -> tuple[int, str]:
-    """Optimizer-state bytes for these trainable tensors (DeepSpeed hands the optimizer one flat fp32 partition)."""
-    flat = [sum(tensors)] if ds else tensors
-    if optimizer in EIGHT_BIT_OPTIMIZERS:
-        total = sum(2 * t + 2 * 4 * math.ceil(t / 256) if t >= BNB_8BIT_MIN_SIZE else 8 * t for t in flat)
-        return total, "2 x uint8 + fp32 absmax/256" + (" (paged: may spill to CPU)" if "paged" in optimizer else "")
-    if optimizer in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit"):
-        return 8 * sum(flat), "2 x fp32" + (" (paged: may spill to CPU)" if "paged" in optimizer else "")
-    if optimizer == "adafactor":
-        return 4 * sum(flat), "factored second moment (upper bound)"
-    return 0, "no state"
 
 
 def _activations(s: Settings, sh: ModelShapes, a: int, ds_half: bool, adapted: dict, p_bytes: int, n: int,
@@ -397,7 +347,7 @@ def _activations(s: Settings, sh: ModelShapes, a: int, ds_half: bool, adapted: d
 def _suggestions(s: Settings, plan: MemoryPlan, zero: ZeroConfig, loss_head: str) -> list[Suggestion]:
     """Every applicable change, cheapest first, with its estimate alone and together with the ones above it."""
     steps: list[tuple[str, dict, ZeroConfig | None]] = []
-    if s.lora_modules_to_save and s.adapter and _tokens_exist(s) is not False:
+    if s.lora_modules_to_save and s.adapter and _tokens_exist(s.special_tokens, s.base_model, s.tokenizer_config) is not False:
         steps.append(("drop lora_modules_to_save (the special tokens already exist in the vocabulary)",
                       {"lora_modules_to_save": None}, None))
     if zero.stage == 1 and plan.world_size > 1:
@@ -438,15 +388,13 @@ def _suggestions(s: Settings, plan: MemoryPlan, zero: ZeroConfig, loss_head: str
     return out
 
 
-def _tokens_exist(s: Settings) -> bool | None:
+def _tokens_exist(special: SpecialTokens, base_model: str, tokenizer_config: str | None) -> bool | None:
     """Whether every special token of the recipe is already in the base vocabulary (None: unknown)."""
-    tokens = [t for t in (s.special_tokens.bos_token, s.special_tokens.eos_token, s.special_tokens.pad_token,
-                          s.special_tokens.unk_token, *s.special_tokens.additional_special_tokens) if t]
-    if s.base_model in BUILTIN_NAMES:
-        from finetune.testing.tiny_llama import llama31_special_tokens
-
-        return all(t in set(llama31_special_tokens()) for t in tokens)
-    config = Path(s.tokenizer_config or s.base_model).expanduser() / "tokenizer_config.json"
+    tokens = [t for t in (special.bos_token, special.eos_token, special.pad_token, special.unk_token,
+                          *special.additional_special_tokens) if t]
+    if base_model in BUILTIN_NAMES:
+        return all(t in LLAMA31_SPECIAL_TOKENS for t in tokens)
+    config = Path(tokenizer_config or base_model).expanduser() / "tokenizer_config.json"
     if not config.is_file():
         return None
     added = json.loads(config.read_text(encoding="utf-8")).get("added_tokens_decoder") or {}

@@ -21,12 +21,12 @@ No torch import (as finetune.plan.estimate). What finetune's ZeRO-3 path does (f
 from __future__ import annotations
 
 import math
-from typing import Any
+from finetune.config.settings import Settings
+from finetune.model.shapes import ModelShapes
+from finetune.plan.items import GIB, Item, ZeroConfig, nf4_bytes, optimizer_bytes
 
-from finetune.plan.estimate import GIB, Item, ZeroConfig, _nf4_bytes, _optimizer_bytes
 
-
-def zero3_items(s: Any, sh: Any, zero: ZeroConfig, n: int, a: int, half: bool,
+def zero3_items(s: Settings, sh: ModelShapes, zero: ZeroConfig, n: int, a: int, half: bool,
                 tensors: list[int]) -> tuple[list[Item], list[Item], list[str]]:
     """(GPU items, host-RAM items, notes) for the parameters, gradients and optimizer of a ZeRO-3 run on `n` processes.
 
@@ -48,7 +48,7 @@ def zero3_items(s: Any, sh: Any, zero: ZeroConfig, n: int, a: int, half: bool,
     if s.adapter:
         for numel in linears:
             stored = math.ceil(numel / 2) if s.load_in_4bit else numel * a
-            constants = _nf4_bytes(numel) - math.ceil(numel / 2) if s.load_in_4bit else 0
+            constants = nf4_bytes(numel) - math.ceil(numel / 2) if s.load_in_4bit else 0
             big = (stored // a if s.load_in_4bit else numel) > keep  # elements of the stored tensor
             split += L * stored if big else 0
             whole += L * (constants + (0 if big else stored))
@@ -85,7 +85,7 @@ def zero3_items(s: Any, sh: Any, zero: ZeroConfig, n: int, a: int, half: bool,
         layer_gather += _per_layer_trainable(tensors, L, V * H, keep) * p
     master = math.ceil(trainable / n) * 4
     g = 2 if half else 4
-    opt, opt_note = _optimizer_bytes(s.optimizer, tensors, ds=True)
+    opt, opt_note = optimizer_bytes(s.optimizer, tensors, ds=True)
     if zero.offload_optimizer:
         host.append(Item("fp32 master weights + gradients (offload_optimizer)", trainable * 8 if half else trainable * 4,
                          "host", "all processes"))

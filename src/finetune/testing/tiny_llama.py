@@ -17,16 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import MissingDependencyError
+from finetune.model.shapes import LLAMA31_BASE_TOKENS, LLAMA31_SPECIAL_TOKENS
 
 MARKER_FILE = "finetune_tiny.json"
 BUILD_VERSION = 1
 
-BOS_TOKEN = "<|begin_of_text|>"
-EOS_TOKEN = "<|end_of_text|>"
-BOS_ID = 128000
-EOS_ID = 128001
-NUM_BASE_TOKENS = 128000
-NUM_SPECIAL_TOKENS = 256
+NUM_BASE_TOKENS = LLAMA31_BASE_TOKENS
+NUM_SPECIAL_TOKENS = len(LLAMA31_SPECIAL_TOKENS)
+BOS_TOKEN, EOS_TOKEN = LLAMA31_SPECIAL_TOKENS[:2]
+BOS_ID, EOS_ID = NUM_BASE_TOKENS, NUM_BASE_TOKENS + 1
 
 # The exact Llama 3 pre-tokenizer regex (llama_models/llama3/tokenizer.py).
 LLAMA3_PATTERN = (
@@ -35,30 +34,6 @@ LLAMA3_PATTERN = (
 )
 
 _MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-
-
-def llama31_special_tokens() -> list[str]:
-    """The 256 special tokens of Llama 3.1, in id order (128000..128255).
-
-    Llama 3.1 names 128005 and 128011 ``<|reserved_special_token_2|>`` and ``_3``;
-    newer ``llama-models`` releases renamed them ``<|step_id|>`` and ``<|image|>``
-    (Llama 3.2 vision). We follow the Llama 3.1 base checkpoints on the hub.
-    """
-    named = [
-        "<|begin_of_text|>",
-        "<|end_of_text|>",
-        "<|reserved_special_token_0|>",
-        "<|reserved_special_token_1|>",
-        "<|finetune_right_pad_id|>",
-        "<|reserved_special_token_2|>",
-        "<|start_header_id|>",
-        "<|end_header_id|>",
-        "<|eom_id|>",  # end of message
-        "<|eot_id|>",  # end of turn
-        "<|python_tag|>",
-    ]
-    reserved = [f"<|reserved_special_token_{3 + i}|>" for i in range(NUM_SPECIAL_TOKENS - len(named))]
-    return named + reserved
 
 
 def meta_tokenizer_model_path() -> Path:
@@ -97,7 +72,7 @@ def build_llama3_fast_tokenizer(model_path: Path | None = None) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     path = model_path or meta_tokenizer_model_path()
-    specials = llama31_special_tokens()
+    specials = list(LLAMA31_SPECIAL_TOKENS)
     backend = _meta_bpe_converter_class()(
         vocab_file=str(path), pattern=LLAMA3_PATTERN, extra_special_tokens=specials
     ).converted()

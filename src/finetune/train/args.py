@@ -106,7 +106,7 @@ def training_arguments(
         "max_steps": plan.total_steps,
         "num_train_epochs": settings.num_epochs,
         "per_device_train_batch_size": settings.micro_batch_size,
-        "per_device_eval_batch_size": settings.eval_batch_size or settings.micro_batch_size,
+        "per_device_eval_batch_size": settings.eval_batch,
         "gradient_accumulation_steps": settings.gradient_accumulation_steps,
         # loss over trained tokens of the whole accumulation window, summed across processes
         "average_tokens_across_devices": True,

@@ -1,27 +1,33 @@
-"""A streaming walk over a large JSON document: containers we care about are entered, and every
-other value (one Telegram message, a chat's name) is decoded whole with the C decoder.
+"""The one streaming JSON reader: a large JSON document walked a chunk at a time.
 
-The file is read in chunks of bytes and decoded incrementally, so memory is bounded by the
-largest single value plus one chunk, never the whole export.
+Containers the caller cares about are entered (`items`, `elements`); every other value (one dataset row, one
+Telegram message) is decoded whole by the C decoder (`value`). The file is read in chunks of bytes and decoded
+incrementally, so memory is bounded by the largest single value plus one chunk, never the whole file. Used by
+finetune.data.stream_readers (JSON array datasets) and finetune.importers (the Telegram export).
 """
 
 from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 from finetune.errors import DataError
 
+CHUNK_BYTES = 1 << 22
 _DECODER = json.JSONDecoder()
 _WS = " \t\r\n"
+_NUMBER = "0123456789+-.eE"
 
 
 class JsonStream:
-    def __init__(self, path: Path, chunk_bytes: int = 1 << 22, progress: Callable[[int], None] | None = None):
+    """A UTF-8 JSON file; `buf[pos:]` is what has not been consumed yet. Errors are `DataError`s."""
+
+    def __init__(self, path: Path, chunk_bytes: int = CHUNK_BYTES, progress: Callable[[int], None] | None = None):
         self.path = path
-        self.file = open(path, "rb")
+        self.file = open(path, "rb")  # noqa: SIM115 - closed by close()
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self.chunk_bytes = chunk_bytes
         self.buf = ""
@@ -29,11 +35,13 @@ class JsonStream:
         self.bytes_read = 0
         self.eof = False
         self.progress = progress
+        self._line, self._counted = 1, 0  # the line number at buf[_counted]
 
     def close(self) -> None:
         self.file.close()
 
     def _more(self) -> bool:
+        """Append the next chunk (dropping what was consumed when that is most of the buffer)."""
         if self.eof:
             return False
         data = self.file.read(self.chunk_bytes)
@@ -42,11 +50,12 @@ class JsonStream:
             text = self.decoder.decode(data, final=not data)
         except UnicodeDecodeError as exc:
             raise DataError(f"{self.path}: not UTF-8 text near byte {self.bytes_read - len(data) + exc.start} "
-                            f"(exports are UTF-8 JSON)") from None
+                            f"(JSON files are UTF-8)") from None
         if not data:
             self.eof = True
         if self.pos > len(self.buf) // 2:
-            self.buf, self.pos = self.buf[self.pos:], 0
+            self._line += self.buf.count("\n", self._counted, self.pos)
+            self.buf, self.pos, self._counted = self.buf[self.pos:], 0, 0
         self.buf += text
         if self.progress is not None:
             self.progress(self.bytes_read)
@@ -64,6 +73,13 @@ class JsonStream:
             if not self._more():
                 return ""
 
+    def line(self) -> int:
+        """The 1-based line of the next non-space character."""
+        self.peek()
+        self._line += self.buf.count("\n", self._counted, self.pos)
+        self._counted = self.pos
+        return self._line
+
     def expect(self, char: str) -> None:
         got = self.peek()
         if got != char:
@@ -71,6 +87,7 @@ class JsonStream:
         self.pos += 1
 
     def value(self) -> Any:
+        """The next JSON value, decoded whole."""
         self.peek()
         while True:
             try:
@@ -80,8 +97,8 @@ class JsonStream:
                 if self._more():
                     continue
                 raise self.error(f"invalid JSON ({exc.msg})") from None
-            # A number can end exactly at the chunk boundary (123|45): make sure it is whole.
-            if end == len(self.buf) and not self.eof and isinstance(value, (int, float)):
+            # A number may go on in the next chunk (123|45, 1.|5, 1e|3): read on until something else follows.
+            if isinstance(value, (int, float)) and not self.eof and not self.buf[end:].strip(_NUMBER):
                 if self._more():
                     continue
             self.pos = end
@@ -90,7 +107,7 @@ class JsonStream:
     def error(self, what: str) -> DataError:
         return DataError(f"{self.path}: {what} (within the first {self.bytes_read:,} bytes)")
 
-    def items(self):
+    def items(self) -> Iterator[str]:
         """Iterate an object's keys; the caller reads (or enters) each value before the next key."""
         self.expect("{")
         if self.peek() == "}":
@@ -105,7 +122,7 @@ class JsonStream:
             if self._closed("}"):
                 return
 
-    def elements(self):
+    def elements(self) -> Iterator[None]:
         """Iterate an array; the caller reads (or enters) each element before the next."""
         self.expect("[")
         if self.peek() == "]":
