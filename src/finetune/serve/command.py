@@ -70,8 +70,11 @@ def serve_main(paths: list[str], *, overrides: list[str] | None = None, host: st
     logger.info("serving on http://%s:%d/ (API: http://%s:%d/v1)", shown, port, shown, port)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then passed Ctrl-C on: the normal way to stop
+        pass
     finally:
         engine.stop()
+    logger.info("stopped")
     return 0
 
 

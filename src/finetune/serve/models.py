@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from finetune.config.load import load_recipe
 from finetune.config.settings import Settings
-from finetune.errors import FinetuneError
+from finetune.errors import DataError, FinetuneError
 from finetune.model.load import load_model, place_for_inference
 from finetune.runs.read import load_run_tokenizer, read_adapter_config, resolve_adapter_dir, stop_token_ids
 
@@ -77,7 +77,7 @@ def resolve_sources(paths: list[str], overrides: list[str] | None = None) -> lis
         if path.is_dir():
             recipe = path / RECIPE_FILE
             if not recipe.is_file():
-                raise FinetuneError(f"{path}: a run folder holds {RECIPE_FILE} (written by `finetune train`); "
+                raise DataError(f"{path}: a run folder holds {RECIPE_FILE} (written by `finetune train`); "
                                     "pass the recipe instead")
             settings = load_recipe(recipe, overrides or []).settings
             sources.append(RunSource(settings, path))
@@ -85,15 +85,15 @@ def resolve_sources(paths: list[str], overrides: list[str] | None = None) -> lis
             settings = load_recipe(path, overrides or []).settings
             sources.append(RunSource(settings, resolve_adapter_dir(settings)))
         else:
-            raise FinetuneError(f"{path}: no such recipe or run folder")
+            raise DataError(f"{path}: no such recipe or run folder")
     names = [source.name for source in sources]
     if len(set(names)) != len(names):
-        raise FinetuneError(f"two runs share a folder name ({', '.join(names)}); their models would share a name")
+        raise DataError(f"two runs share a folder name ({', '.join(names)}); their models would share a name")
     first = sources[0].settings
     for source in sources[1:]:
         s = source.settings
         if (s.base_model, s.load_in_4bit, s.load_in_8bit) != (first.base_model, first.load_in_4bit, first.load_in_8bit):
-            raise FinetuneError(f"{source.run_dir}: its base ({s.base_model}, 4-bit {s.load_in_4bit}) differs from "
+            raise DataError(f"{source.run_dir}: its base ({s.base_model}, 4-bit {s.load_in_4bit}) differs from "
                                 f"{sources[0].run_dir}'s ({first.base_model}, 4-bit {first.load_in_4bit}); "
                                 "serve runs of one base together")
     return sources
@@ -119,7 +119,7 @@ class ModelPool:
         first = sources[0]
         for source in sources:
             if source.settings.adapter is None:
-                raise FinetuneError(f"{source.run_dir}: a full fine-tune has no adapter to attach to a shared base; "
+                raise DataError(f"{source.run_dir}: a full fine-tune has no adapter to attach to a shared base; "
                                     "serve adapter runs (lora/qlora), or export the full model (`finetune export`)")
         adapters = [(source, source.name, source.run_dir) for source in sources]
         if checkpoints:
@@ -135,7 +135,7 @@ class ModelPool:
             read_adapter_config(path)  # config and weights whole, else a DataError naming the file
             run_tokenizer = load_run_tokenizer(source.settings, path)
             if len(run_tokenizer) != len(tokenizer):
-                raise FinetuneError(f"{path}: its tokenizer has {len(run_tokenizer)} tokens, the base "
+                raise DataError(f"{path}: its tokenizer has {len(run_tokenizer)} tokens, the base "
                                     f"{len(tokenizer)}; runs with new tokens cannot share one base")
             adapter = f"a{index}"  # peft adapter names become module keys: no dots or slashes
             if model is None:
