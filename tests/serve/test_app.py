@@ -178,3 +178,29 @@ def test_a_pick_becomes_a_pair_row_rl_dpo_reads(server: Any, served_runs: Any) -
     assert len(rows) == 4 and rows[0]["chosen"] == {"role": "assistant", "content": "hey you"}
     bad = httpx.post(f"{thread.url}/v1/preferences", json={**pick, "rejected": "hey you"})
     assert bad.status_code == 400 and "same" in bad.json()["error"]["message"]
+
+
+def test_checkpoints_are_served_as_their_own_models(make_adapter_run: Any) -> None:
+    import shutil
+
+    from finetune.serve.engine import Engine, Job, Sampling
+    from finetune.serve.models import ModelPool, resolve_sources
+
+    run_dir, settings = make_adapter_run(seed=4)
+    other, _ = make_adapter_run(seed=5)
+    checkpoint = run_dir / "checkpoint-3"
+    shutil.copytree(other, checkpoint, ignore=shutil.ignore_patterns("recipe.yml"))
+    pool = ModelPool()
+    pool.load(resolve_sources([str(run_dir / "recipe.yml")]), checkpoints=True)
+    name = f"{run_dir.name}/checkpoint-3"
+    assert list(pool.served) == ["base", run_dir.name, name]
+    engine = Engine(pool)
+    served = pool.served[name]
+    prompt = served.tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[0]}], tokenize=False,
+                                                  add_generation_prompt=True)
+    job = Job(model=name, prompt_ids=served.tokenizer(prompt, add_special_tokens=False)["input_ids"],
+              sampling=Sampling(max_tokens=16))
+    engine.run_batch([job])
+    out = io.StringIO()
+    chat_main(settings, adapter_dir=checkpoint, prompt=PROMPTS[0], temperature=0, max_new_tokens=16, stdout=out)
+    assert job.text == out.getvalue().strip()
