@@ -128,6 +128,19 @@ def _parser() -> argparse.ArgumentParser:
                 recipe=False)
     import_arguments(p)
 
+    p = command("serve", _serve, "serve runs through an OpenAI-compatible API and a web page (chat, compare, "
+                "blind test)", recipe=False)
+    p.add_argument("runs", nargs="+", metavar="RECIPE_OR_RUN",
+                   help="recipes (their output_dir) or run folders; all of one base, loaded once")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key of every recipe named; repeatable")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", default=None, metavar="KEY", help="require `Authorization: Bearer KEY` on /v1")
+    p.add_argument("--checkpoints", action="store_true", help="also serve every checkpoint of each run")
+    p.add_argument("--heldout", default=None, metavar="JSONL",
+                   help='conversations ({"messages": [...]}) whose last reply of yours the blind test compares against')
+
     p = command("train", _train, "fine-tune the model the recipe describes")
     p.add_argument("--num-processes", type=int, default=None, metavar="N",
                    help="processes to start (default: one per visible GPU, else 1; on CPU N gloo processes)")
@@ -271,6 +284,13 @@ def _plan(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     return plan_main(loaded.settings, world_size=_world_size(args), gpu_memory=args.gpu_memory)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from finetune.serve.command import serve_main
+
+    return serve_main(args.runs, overrides=args.overrides, host=args.host, port=args.port, api_key=args.api_key,
+                      checkpoints=args.checkpoints, heldout=args.heldout)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -1,0 +1,1 @@
+"""`finetune serve`: runs behind an OpenAI-compatible API and a web page, one base in memory, many adapters."""

@@ -1,0 +1,226 @@
+"""The one generation worker of `finetune serve`: requests are queued, and those that can share a forward pass
+(same model, same sampling) are batched; every row streams its own text and ends on its own.
+
+A request never sees another's tokens: each row of a batch has its own prompt (left-padded, masked), its own
+stop ids, stop strings and token limit, and its own text, decoded from its own ids. A batch switches the
+adapter once (`ModelPool.use`) and holds it until every row is done. A request with a `seed` runs alone, so
+its sampling does not depend on what else was queued. A cancelled request (its client went away) is ended
+at the next token, and the batch goes on for the others.
+
+Text is decoded exactly as `finetune chat` decodes it (special tokens skipped, the whole answer stripped), so
+at temperature 0 an answer here equals `finetune chat --temperature 0`; streamed pieces join to that text.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from finetune.serve.models import ModelPool
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Per-request generation settings (OpenAI's names); temperature 0 is greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+
+    @property
+    def batch_key(self) -> tuple:
+        return (self.temperature, self.top_p) if self.seed is None else ("seed", id(self))
+
+
+@dataclass
+class Job:
+    """One chat completion: the prompt ids, how to sample, where its text goes; filled in as it runs."""
+
+    model: str
+    prompt_ids: list[int]
+    sampling: Sampling
+    stop: list[str] = field(default_factory=list)
+    on_delta: Callable[[str], None] = lambda text: None
+    on_done: Callable[["Job"], None] = lambda job: None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    text: str = ""
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    error: str | None = None
+    started: float = 0.0
+    first_token: float | None = None
+
+
+class _Row:
+    """One job's state inside a batch: its generated ids, decoded text, what was already streamed."""
+
+    def __init__(self, job: Job, tokenizer: PreTrainedTokenizerBase, stop_ids: list[int], stops: list[str]):
+        self.job, self.tokenizer, self.stop_ids, self.stops = job, tokenizer, set(stop_ids), [s for s in stops if s]
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the stripped text already streamed
+        self.done = False
+
+    def add(self, token: int) -> None:
+        if self.done:
+            return
+        job = self.job
+        if job.first_token is None:
+            job.first_token = time.monotonic()
+        if token in self.stop_ids:
+            return self._finish("stop")
+        self.ids.append(token)
+        job.completion_tokens = len(self.ids)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            job.text = text[:cut]
+            return self._finish("stop")
+        job.text = text
+        if len(self.ids) >= job.sampling.max_tokens:
+            return self._finish("length")
+        if job.cancelled.is_set():
+            return self._finish("cancelled")
+        # Stream what can no longer change: not a trailing space (strip), not a possible start of a stop string,
+        # not a partly decoded character (U+FFFD).
+        safe = len(text.rstrip())
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, safe), 0, -1):
+                if text[:safe].endswith(stop[:k]):
+                    safe -= k
+                    break
+        while safe > self.sent and text[safe - 1] == "\ufffd":
+            safe -= 1
+        self._send(text, safe)
+
+    def _send(self, text: str, upto: int) -> None:
+        if upto > self.sent:
+            self.job.on_delta(text[self.sent:upto])
+            self.sent = upto
+
+    def _finish(self, reason: str) -> None:
+        job = self.job
+        job.text = job.text.strip()
+        self._send(job.text, len(job.text))
+        job.finish_reason = reason
+        self.done = True
+
+
+class Engine:
+    """A worker thread that takes queued jobs, batches the compatible ones, and runs them on the pool's model."""
+
+    def __init__(self, pool: ModelPool, max_batch: int = MAX_BATCH):
+        self.pool, self.max_batch = pool, max_batch
+        self.jobs: queue.Queue[Job] = queue.Queue()
+        self.busy = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="finetune-serve-engine", daemon=True)
+        self._stopping = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.jobs.put(None)  # type: ignore[arg-type]  # wakes the loop
+
+    def submit(self, job: Job) -> None:
+        job.started = time.monotonic()
+        self.jobs.put(job)
+
+    def _loop(self) -> None:
+        held: list[Job] = []
+        while not self._stopping:
+            first = held.pop(0) if held else self.jobs.get()
+            if first is None:
+                continue
+            batch, rest = [first], []
+            while True:  # whatever else is waiting joins if it can share the forward pass
+                try:
+                    job = held.pop(0) if held else self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    continue
+                fits = (job.model == first.model and job.sampling.batch_key == first.sampling.batch_key
+                        and len(batch) < self.max_batch)
+                (batch if fits else rest).append(job)
+            held = rest + held
+            self.busy.set()
+            try:
+                self.run_batch(batch)
+            except Exception as exc:  # a failed batch fails its requests, never the server
+                logger.exception("generation failed")
+                for job in batch:
+                    job.error, job.finish_reason = f"{type(exc).__name__}: {exc}", job.finish_reason or "error"
+            finally:
+                self.busy.clear()
+                for job in batch:
+                    job.on_done(job)
+
+    def run_batch(self, batch: list[Job]) -> None:
+        """Generate every job of `batch` (one model, one sampling) in one left-padded `generate` call."""
+        import torch
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        batch = [job for job in batch if not job.cancelled.is_set()]
+        if not batch:
+            return
+        served = self.pool.served[batch[0].model]
+        tokenizer = served.tokenizer
+        rows = [_Row(job, tokenizer, served.stop_ids, [*served.stop_strings, *job.stop]) for job in batch]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else served.stop_ids[0]
+        width = max(len(job.prompt_ids) for job in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, job in enumerate(batch):
+            ids[i, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
+            mask[i, width - len(job.prompt_ids):] = 1
+
+        class Rows(BaseStreamer):
+            prompt_seen = False
+
+            def put(self, value: torch.Tensor) -> None:
+                if not self.prompt_seen:  # generate() hands the prompt over first
+                    self.prompt_seen = True
+                    return
+                for row, token in zip(rows, value.view(-1).tolist()):
+                    row.add(token)
+
+            def end(self) -> None:
+                for row in rows:
+                    if not row.done:
+                        row._finish("length")
+
+        class RowsDone(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+                for row in rows:
+                    if not row.done and row.job.cancelled.is_set():
+                        row._finish("cancelled")
+                return torch.tensor([row.done for row in rows], device=input_ids.device)
+
+        sampling = batch[0].sampling
+        sample = sampling.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max(job.sampling.max_tokens for job in batch), do_sample=sample,
+            temperature=sampling.temperature if sample else None, top_p=sampling.top_p if sample else None,
+            top_k=None, eos_token_id=served.stop_ids, pad_token_id=pad,
+        )
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        with self.pool.use(served.name) as model, torch.no_grad():
+            device = next(model.parameters()).device
+            model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                           streamer=Rows(), stopping_criteria=StoppingCriteriaList([RowsDone()]))
