@@ -250,15 +250,16 @@ class Settings(Section):
         0.8,
         gt=0,
         lt=1,
-        description="With dedup: near, remove a conversation whose word-shingle Jaccard similarity to an "
+        description="With dedup: near, remove a conversation whose shingle Jaccard similarity to an "
         "earlier kept one is at least this.",
         json_schema_extra={"affects_data": True},
     )
     dedup_ngram: int = Field(
         3,
         gt=0,
-        description="With dedup: near, shingle size in words (lower-cased, punctuation ignored, the role "
-        "names included, system turns left out); smaller catches more reworded copies.",
+        description="With dedup: near, shingle size in tokens: words (lower-cased), each emoji or other "
+        "symbol, a run of punctuation standing alone (`:)`, `?`), and a marker opening each turn; punctuation "
+        "attached to a word is ignored, system turns are left out. Smaller catches more reworded copies.",
         json_schema_extra={"affects_data": True},
     )
     min_assistant_chars: int = Field(
