@@ -36,7 +36,7 @@ from finetune.config.settings import Settings
 from finetune.data.formats import Sample, format_table, sample_key
 from finetune.data.neardup import NearDuplicateFinder, conversation_text, drop_filler_turns, excerpts, has_assistant
 from finetune.data.pack import bin_order, packed_rows, plan_bins
-from finetune.data.parallel import EncodeOptions, Encoder, Job, encode_batches, resolve_workers
+from finetune.data.parallel import EncodeOptions, Encoder, Job, WorkerDied, encode_batches, resolve_workers
 from finetune.data.readers import Origins, dataset_path, iter_dataset
 from finetune.data.shards import SplitWriter, TextStore, TokenShards, TokenShardWriter
 from finetune.data.summary import NO_SPLIT, PrepareSummary, Progress, SplitStats
@@ -243,18 +243,21 @@ def tokenize_to_shards(settings: Settings, tokenizer: Any, template: Any, work: 
             read_counts[label if label not in read_counts else f"{label} (#{index + 1})"] = read
 
     limit, tokens = settings.sequence_len, 0
-    for job, ids, labels in encode_batches(encoder, jobs(), resolve_workers(settings.preprocess_workers)):
-        index, rows = job.tag
-        writer.add(ids, labels)
-        mask = labels.values != IGNORE_INDEX
-        position = np.arange(len(ids.values), dtype=np.int64) - np.repeat(ids.offsets[:-1], ids.lengths)
-        lengths.extend(ids.lengths.tolist())
-        trained.extend(_per_sample(mask, ids.offsets).tolist())
-        within.extend(_per_sample(mask & (position < limit), ids.offsets).tolist())
-        dataset_index.extend([index] * len(rows))
-        numbers.extend(rows)
-        tokens += len(ids.values)
-        report.streaming(len(lengths), tokens, bytes_read / input_bytes if input_bytes else None)
+    try:
+        for job, ids, labels in encode_batches(encoder, jobs(), resolve_workers(settings.preprocess_workers)):
+            index, rows = job.tag
+            writer.add(ids, labels)
+            mask = labels.values != IGNORE_INDEX
+            position = np.arange(len(ids.values), dtype=np.int64) - np.repeat(ids.offsets[:-1], ids.lengths)
+            lengths.extend(ids.lengths.tolist())
+            trained.extend(_per_sample(mask, ids.offsets).tolist())
+            within.extend(_per_sample(mask & (position < limit), ids.offsets).tolist())
+            dataset_index.extend([index] * len(rows))
+            numbers.extend(rows)
+            tokens += len(ids.values)
+            report.streaming(len(lengths), tokens, bytes_read / input_bytes if input_bytes else None)
+    except WorkerDied as exc:
+        raise WorkerDied(f"{settings.where('preprocess_workers')}: {exc}") from None
     report.update("tokenizing", len(lengths), len(lengths), tokens)
     rules.close()
     return Tokenized(
