@@ -239,6 +239,19 @@ class Settings(Section):
         0.0, ge=0, description="Validation split: a fraction (< 1) of conversations, or a count (>= 1).",
         json_schema_extra={"affects_data": True},
     )
+    val_split: Literal["random", "newest", "contact"] = Field(
+        "random",
+        description="Which conversations form the val_set_size validation split. random: a seeded random "
+        "sample. newest: the newest ones by each row's `start` (an ISO 8601 time, as `finetune import` writes; "
+        "a time without an offset is UTC; ties: the later row in dataset order counts as newer), the honest "
+        "test of how the model does on what comes next. contact: whole contacts by each row's `contact`, so "
+        "no contact is both trained on and evaluated: contacts are taken in a seeded random order, each with "
+        "all its conversations, when they still fit within val_set_size; if that falls short, the smallest "
+        "remaining contact is added, so at least val_set_size conversations are held out. Both read the "
+        "fields of every row and need val_set_size; the split is counted among the conversations kept after "
+        "filler removal and dedup.",
+        json_schema_extra={"affects_data": True},
+    )
     dedup: bool | Literal["near"] = Field(
         False,
         description="true: remove exact duplicate conversations | near: also near-duplicates (MinHash + LSH, "

@@ -38,7 +38,7 @@ SPLITS = ("train", "eval")
 # Modules whose code decides the prepared tokens; editing them invalidates caches.
 _CODE = (
     "readers.py", "formats.py", "templates.py", "tokenize.py", "pack.py", "build.py", "cache.py", "neardup.py",
-    "stream.py", "stream_readers.py", "parallel.py", "shards.py", "summary.py", "pairs.py",
+    "stream.py", "stream_readers.py", "parallel.py", "shards.py", "summary.py", "pairs.py", "holdout.py",
 )
 
 
