@@ -114,6 +114,7 @@ def encode_batches(encoder: Encoder, jobs: Iterable[Job], workers: int) -> Itera
     before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(encoder,))
     processes: list[Any] = []
+    finished = False
     try:
         pending: deque[tuple[Job, Any]] = deque()
         for job in jobs:
@@ -128,14 +129,16 @@ def encode_batches(encoder: Encoder, jobs: Iterable[Job], workers: int) -> Itera
         while pending:
             done, future = pending.popleft()
             yield done, *future.result()
+        finished = True
     except BrokenProcessPool:
         raise WorkerDied(_death_message(processes, workers)) from None
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:  # running jobs are not waited for
-            process.terminate()
-        for process in processes:
-            process.join()
+        pool.shutdown(wait=finished, cancel_futures=True)
+        if not finished:  # an error, or the caller stopped early: running jobs are not waited for
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join()
 
 
 def _first_submit(pool: Any, job: Job) -> Any:
