@@ -151,3 +151,13 @@ def test_recipe_errors_point_at_val_split(keys, message, tmp_path, data_settings
     path = write_rows(tmp_path / "chats.jsonl", [conversation(0, at(0), "Alice")])
     with pytest.raises(RecipeError, match=rf"recipe\.yml:\d+: {message}"):
         data_settings([{"path": path}], **keys)
+
+
+def test_validate_says_how_the_split_is_chosen(tmp_path, data_settings):
+    from finetune.config.describe import derived_values
+
+    path = write_rows(tmp_path / "chats.jsonl", [conversation(0, at(0), "Alice")])
+    rows = dict(derived_values(data_settings([{"path": path}], val_split="newest", val_set_size=5), 1))
+    assert rows["validation split"] == "5 conversations, the newest"
+    rows = dict(derived_values(data_settings([{"path": path}], val_set_size=0.05), 1))
+    assert rows["validation split"] == "5.00% of conversations, at random"
