@@ -48,6 +48,7 @@ PERTURB = {
     "chat_template": "chatml",
     "chat_template_jinja": "{{ messages }}",
     "val_set_size": 0.2,
+    "val_split": "newest",
     "dedup": True,
     "dedup_threshold": 0.7,
     "dedup_ngram": 2,

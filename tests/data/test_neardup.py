@@ -103,6 +103,39 @@ def test_shingles_ignore_case_and_punctuation_and_count_words():
     assert shingles("ok", 3) == {"ok"}
 
 
+def chat(*turns: str) -> list[dict[str, str]]:
+    return [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(turns)]
+
+
+def test_replies_that_differ_only_in_emoji_are_both_kept():
+    cheer, cry = chat("did you get the job?", "🎉🎉"), chat("did you get the job?", "😭")
+    assert similarity(cheer, cry) < 0.8
+    assert near_duplicates([cheer, cry], threshold=0.8, ngram=3, seed=42) == []
+    # every emoji-only reply to the same message stays: they are different answers
+    replies = [chat("ok", emoji) for emoji in ("😂", "❤️", "👍🏽", "👍", "🇩🇪", "🎉🎉", "🎉")]
+    assert near_duplicates(replies, threshold=0.8, ngram=3, seed=42) == []
+    # and the same emoji reply copied is still a duplicate
+    found = near_duplicates([cheer, chat("Did you get the job", "🎉🎉"), cry], threshold=0.8, ngram=3, seed=42)
+    assert [(pair.kept, pair.removed, pair.similarity) for pair in found] == [(0, 1, 1.0)]
+
+
+def test_symbols_and_standalone_punctuation_count_attached_punctuation_does_not():
+    assert shingles("ok :) 🎉🎉 👍🏽 £5", 9) == {"ok :) 🎉 🎉 👍🏽 £ 5"}
+    assert similarity(chat("see you", "ok :)"), chat("see you", "ok :(")) < 0.8
+    assert shingles("Hello, World!", 3) == shingles("hello world", 3)
+
+
+def test_turn_boundaries_and_role_names_never_match_words_of_a_message():
+    two_turns = chat("hi", "yo")
+    one_turn = chat("hi assistant yo")
+    words = chat("user hi", "assistant yo")
+    assert similarity(two_turns, one_turn, ngram=2) < 0.5
+    assert similarity(two_turns, words, ngram=2) < 0.5
+    assert similarity(chat("hi\nassistant: yo"), two_turns, ngram=2) < 0.5  # a line break cannot open a turn
+    assert similarity("user: hi\nassistant: yo", two_turns, ngram=2) < 0.5  # nor can a completion text
+    assert near_duplicates([two_turns, one_turn, words], threshold=0.5, ngram=2, seed=42) == []
+
+
 def test_filler_turns_are_removed_with_the_turns_they_answer():
     sample = [
         {"role": "system", "content": "be brief"},

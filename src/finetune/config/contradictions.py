@@ -39,6 +39,12 @@ def contradictions(s: Settings) -> list[tuple[str, str]]:
         out.append(("early_stopping_patience", "early stopping needs evaluations; set evals_per_epoch or eval_steps"))
     if s.val_set_size >= 1 and s.val_set_size != int(s.val_set_size):
         out.append(("val_set_size", "val_set_size is a fraction below 1 or a whole count of conversations"))
+    if s.val_split != "random" and s.val_set_size == 0:
+        out.append(("val_split", f"val_split: {s.val_split} chooses the validation conversations; set "
+                                 "val_set_size too (a fraction such as 0.05, or a count such as 200)"))
+    if s.val_split != "random" and s.rl is not None:
+        out.append(("val_split", f"val_split: {s.val_split} applies to conversations; preference pairs "
+                                 f"(rl: {s.rl}) are held out at random: remove val_split"))
     if s.bf16 is True and s.fp16:
         out.append(("fp16", "bf16 and fp16 are exclusive; keep one"))
     if s.eval_sample_packing and not s.sample_packing:

@@ -32,7 +32,7 @@ def derived_values(settings: Settings, world_size: int) -> list[tuple[str, str]]
         ("checkpoints", _cadence(s.saves_per_epoch, s.save_steps, "save") + _limit(s.save_total_limit)),
         ("training length", f"{s.max_steps} optimizer steps" if s.max_steps else f"{s.num_epochs:g} epoch(s)"),
         ("warmup", _warmup(s)),
-        ("validation split", _val(s.val_set_size)),
+        ("validation split", _val(s.val_set_size, s.val_split)),
         ("weights & biases", _wandb(s)),
         ("deepspeed", s.deepspeed or "off"),
     ]
@@ -113,10 +113,11 @@ def _warmup(s: Settings) -> str:
     return "min(3% of steps, 100)"
 
 
-def _val(size: float) -> str:
+def _val(size: float, split: str) -> str:
     if size == 0:
         return "none"
-    return f"{size:.2%} of conversations" if size < 1 else f"{int(size)} conversations"
+    how = {"random": "at random", "newest": "the newest", "contact": "whole contacts"}[split]
+    return (f"{size:.2%} of conversations" if size < 1 else f"{int(size)} conversations") + f", {how}"
 
 
 def _wandb(s: Settings) -> str:

@@ -249,6 +249,19 @@ class Settings(Section):
         0.0, ge=0, description="Validation split: a fraction (< 1) of conversations, or a count (>= 1).",
         json_schema_extra={"affects_data": True},
     )
+    val_split: Literal["random", "newest", "contact"] = Field(
+        "random",
+        description="Which conversations form the val_set_size validation split. random: a seeded random "
+        "sample. newest: the newest ones by each row's `start` (an ISO 8601 time, as `finetune import` writes; "
+        "a time without an offset is UTC; ties: the later row in dataset order counts as newer), the honest "
+        "test of how the model does on what comes next. contact: whole contacts by each row's `contact`, so "
+        "no contact is both trained on and evaluated: contacts are taken in a seeded random order, each with "
+        "all its conversations, when they still fit within val_set_size; if that falls short, the smallest "
+        "remaining contact is added, so at least val_set_size conversations are held out. Both read the "
+        "fields of every row and need val_set_size; the split is counted among the conversations kept after "
+        "filler removal and dedup.",
+        json_schema_extra={"affects_data": True},
+    )
     dedup: bool | Literal["near"] = Field(
         False,
         description="true: remove exact duplicate conversations | near: also near-duplicates (MinHash + LSH, "
@@ -260,15 +273,16 @@ class Settings(Section):
         0.8,
         gt=0,
         lt=1,
-        description="With dedup: near, remove a conversation whose word-shingle Jaccard similarity to an "
+        description="With dedup: near, remove a conversation whose shingle Jaccard similarity to an "
         "earlier kept one is at least this.",
         json_schema_extra={"affects_data": True},
     )
     dedup_ngram: int = Field(
         3,
         gt=0,
-        description="With dedup: near, shingle size in words (lower-cased, punctuation ignored, the role "
-        "names included, system turns left out); smaller catches more reworded copies.",
+        description="With dedup: near, shingle size in tokens: words (lower-cased), each emoji or other "
+        "symbol, a run of punctuation standing alone (`:)`, `?`), and a marker opening each turn; punctuation "
+        "attached to a word is ignored, system turns are left out. Smaller catches more reworded copies.",
         json_schema_extra={"affects_data": True},
     )
     min_assistant_chars: int = Field(

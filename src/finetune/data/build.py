@@ -7,8 +7,9 @@ Stages, in order (each drop is counted by reason in the summary):
    removed, and conversations left with no assistant turn dropped (finetune.data.neardup);
    dedup (when `dedup`): exact duplicate conversations, then with `dedup: near` also
    near-duplicates (MinHash + LSH); the first occurrence in dataset order is kept;
-3. mix all datasets and shuffle with `seed`; the first `val_set_size` conversations
-   (a fraction, rounded up, or a count) form the eval split;
+3. mix all datasets and shuffle with `seed`; `val_set_size` conversations (a fraction, rounded up,
+   or a count) form the eval split: the first ones, or by `val_split` the newest or whole contacts
+   (finetune.data.holdout);
 4. tokenize + mask in batches, one render and one tokenization per conversation;
 5. drop samples with no trainable token; then samples longer than `sequence_len`
    are dropped, truncated, or raise (`excess_length_strategy`);
@@ -35,6 +36,7 @@ import numpy as np
 from finetune.config.settings import Settings
 from finetune.data import cache
 from finetune.data.formats import Sample, format_table, sample_key
+from finetune.data.holdout import SplitKeys, held_out
 from finetune.data.neardup import conversation_text, drop_filler_turns, excerpts, has_assistant, near_duplicates
 from finetune.data.pack import Ragged, pack
 from finetune.data.pairs import build_pair_splits, write_pair_splits
@@ -109,11 +111,13 @@ def build_splits(
     if settings.dedup == "near":
         report.stage(f"near-duplicates in {len(corpus):,} conversations")
         corpus, examples = corpus.near_deduplicated(settings, dropped)
-    corpus = corpus.take(np.random.default_rng(settings.seed).permutation(len(corpus)))
+    permutation = np.random.default_rng(settings.seed).permutation(len(corpus))
     n_eval = eval_count(settings, len(corpus))
+    held = held_out(settings, n_eval, permutation, corpus.split_keys, corpus.contacts)
+    corpus = corpus.take(permutation)
     ids, labels = _tokenize(corpus, settings, tokenizer, template, report)
     keep, truncated, ids, labels = _filter(ids, labels, corpus, settings, dropped)
-    is_eval = np.arange(len(corpus)) < n_eval
+    is_eval = held[permutation]
     splits: dict[str, dict[str, Ragged] | None] = {}
     stats: dict[str, SplitStats] = {}
     plan = (("train", keep & ~is_eval, settings.sample_packing), ("eval", keep & is_eval, settings.packs_eval))
@@ -149,6 +153,8 @@ class Corpus:
     row_index: np.ndarray
     origins: list[Origins]
     read_counts: dict[str, int] = field(default_factory=dict)
+    split_keys: np.ndarray | None = None  # what val_split plans with (finetune.data.holdout)
+    contacts: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -163,6 +169,8 @@ class Corpus:
             self.row_index[indices],
             self.origins,
             self.read_counts,
+            None if self.split_keys is None else self.split_keys[indices],
+            self.contacts,
         )
 
     def without_empty(self, dropped: dict[str, int]) -> "Corpus":
@@ -193,7 +201,7 @@ class Corpus:
                 keep.append(index)
         dropped["only filler replies"] = len(self.samples) - len(keep)
         kept = self.take(np.asarray(keep, dtype=np.int64))
-        return Corpus(samples, kept.dataset_index, kept.row_index, kept.origins, kept.read_counts), turns
+        return replace(kept, samples=samples), turns
 
     def near_deduplicated(self, settings: Settings, dropped: dict[str, int]) -> tuple["Corpus", list[dict[str, Any]]]:
         """Near-duplicates removed (first occurrence kept), and up to EXAMPLE_PAIRS example pairs."""
@@ -218,17 +226,24 @@ def _read_all(settings: Settings, report: Progress) -> Corpus:
     dataset_index: list[np.ndarray] = []
     origins: list[Origins] = []
     counts: dict[str, int] = {}
+    keys = SplitKeys(settings.val_split, settings.where("val_split")) if settings.val_split != "random" else None
+    split_keys: list[float | int] = []
     for index, dataset in enumerate(settings.datasets):
         report.stage(f"reading {dataset.path}")
         table = read_dataset(dataset)
         formatted = format_table(table, dataset)
+        if keys is not None:
+            split_keys += [keys.read(row, table.origins[i]) for i, row in enumerate(table.rows)]
         samples.extend(formatted)
         dataset_index.append(np.full(len(formatted), index, dtype=np.int32))
         origins.append(table.origins)
         label = table.source if table.source not in counts else f"{table.source} (#{index + 1})"
         counts[label] = len(formatted)
     row_index = np.concatenate([np.arange(len(d), dtype=np.int64) for d in dataset_index])
-    return Corpus(samples, np.concatenate(dataset_index), row_index, origins, counts)
+    if keys is None:
+        return Corpus(samples, np.concatenate(dataset_index), row_index, origins, counts)
+    values = np.asarray(split_keys, dtype=np.float64 if settings.val_split == "newest" else np.int64)
+    return Corpus(samples, np.concatenate(dataset_index), row_index, origins, counts, values, keys.names)
 
 
 # --- tokenize, filter, rows -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ crashed or partial write is never loaded.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import finetune
 from finetune.config.settings import Settings, data_values
 from finetune.data.readers import dataset_path
+from finetune.errors import FinetuneError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -40,6 +42,7 @@ SPLITS = ("train", "eval")
 _CODE = (
     "readers.py", "formats.py", "templates.py", "tokenize.py", "pack.py", "build.py", "cache.py", "neardup.py",
     "stream.py", "stream_readers.py", "jsonstream.py", "parallel.py", "shards.py", "summary.py", "pairs.py",
+    "holdout.py",
 )
 
 
@@ -113,11 +116,29 @@ def commit(directory: Path, key: str, fill: Callable[[Path], dict[str, Any]]) ->
         (tmp / SUMMARY).write_text(json.dumps({**summary, "fingerprint": key}, indent=2) + "\n", encoding="utf-8")
         (tmp / MARKER).write_text(key + "\n", encoding="utf-8")
         _replace_dir(tmp, directory)
+    except OSError as exc:  # a full disk, a quota, a vanished mount: nothing was cached
+        raise disk_error(exc, directory.parent) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     _remove_abandoned(directory.parent, key)
     return summary
+
+
+def disk_error(exc: OSError, where: Path) -> FinetuneError:
+    """The error for an OSError while preparing data into `where` (exit code 1: the environment): the path,
+    the reason, and what to do. Writes into `where` often carry no file name; then `where` is named."""
+    path = Path(str(exc.filename)) if exc.filename is not None else Path(where)
+    writing = path.resolve().is_relative_to(Path(where).resolve())
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "Free space there, or set dataset_prepared_path to a disk with more room"
+    else:
+        hint = "Check that it is writable" if writing else "Check that it is readable"
+    return FinetuneError(
+        f"{path}: {reason} while {'writing the prepared data' if writing else 'reading the data'}; nothing was "
+        f"cached and the partial files were removed. {hint}, and run again"
+    )
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

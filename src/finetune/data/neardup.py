@@ -1,11 +1,21 @@
 """Near-duplicate conversations (MinHash + LSH through `rensa`) and filler assistant turns.
 
 Near-duplicates (`dedup: near`). The text compared is every non-system turn of a conversation,
-one `role: content` line each (a completion sample is its text; system turns are left out, since a
-system prompt shared by every row would make short conversations look alike and every pair an LSH
-candidate), lower-cased and cut into words
-(runs of letters and digits; punctuation and spacing ignored); its shingles are the distinct
-runs of `dedup_ngram` words (the whole text when it is shorter). Conversations are visited in
+one `role: content` line each (a completion sample is one `text: content` line; line breaks inside a
+turn become spaces; system turns are left out, since a system prompt shared by every row would make
+short conversations look alike and every pair an LSH candidate). It is lower-cased and cut into tokens:
+
+* words (runs of letters, digits and their combining marks);
+* every emoji or other symbol, one token per grapheme (`🎉🎉` is two tokens, `👍🏽` and `🇩🇪` one each),
+  so a reply that is only emoji is compared by its emoji;
+* a run of punctuation standing alone between spaces (`:)`, `?`, `...`); punctuation attached to a
+  word (`job?`, `Hello,`) is ignored, as are spacing and invisible format characters;
+* each turn starts with a marker token for its role (`<user>`, `<assistant>`), which no content can
+  produce (a token of the text is a word, one grapheme, or a punctuation run), so neither the role
+  names nor a turn boundary can match words of a message.
+
+Its shingles are the distinct runs of `dedup_ngram` tokens (the whole text when it is shorter).
+Conversations are visited in
 dataset order, before the shuffle. LSH proposes earlier *kept* conversations with similar
 MinHash signatures; a candidate counts only when the exact Jaccard similarity of the two
 shingle sets is at least `dedup_threshold`, and the conversation is then removed, so the
@@ -21,17 +31,24 @@ answers), so the roles still alternate and no turn is left answering nothing.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
-from finetune.data.formats import Sample
+import regex
+
+from finetune.data.formats import ROLES, Sample
 from finetune.errors import MissingDependencyError
 
 logger = logging.getLogger(__name__)
 
 NUM_PERM = 128  # MinHash permutations per signature
-WORD = re.compile(r"\w+")
+TOKEN = regex.compile(
+    r"(?<!\S)\p{P}+(?!\S)"  # punctuation standing alone: ":)", "?", "..."
+    r"|[\w\p{M}]+"  # a word, with its combining marks
+    r"|(?![\s\p{P}\p{C}])\X"  # one emoji or other symbol (a whole grapheme cluster)
+)
+COMPLETION = "text"  # the role name of a completion sample's line
+MARKED = frozenset((*ROLES, COMPLETION))
 
 
 @dataclass(frozen=True)
@@ -44,15 +61,38 @@ class NearDuplicate:
 
 
 def conversation_text(sample: Sample) -> str:
-    """The text compared for near-duplicates: the non-system turns, `role: content` per line."""
+    """The text compared for near-duplicates: the non-system turns, `role: content` per line (line
+    breaks inside a turn become spaces); a completion sample is one `text: content` line."""
     if isinstance(sample, str):
-        return sample
-    return "\n".join(f"{message['role']}: {message['content']}" for message in sample if message["role"] != "system")
+        return f"{COMPLETION}: {_one_line(sample)}"
+    return "\n".join(
+        f"{message['role']}: {_one_line(message['content'])}" for message in sample if message["role"] != "system"
+    )
+
+
+def _one_line(content: str) -> str:
+    return content.replace("\n", " ")
+
+
+def tokens(text: str) -> list[str]:
+    """The tokens of a text (see the module doc): a `<role>` marker opening each `role: ` line, then the
+    words, symbols and standalone punctuation runs of the lower-cased content. A line without a role
+    prefix is content only."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        role, colon, content = line.partition(": ")
+        if colon and role in MARKED:
+            out.append(f"<{role}>")
+        else:
+            content = line
+        out += TOKEN.findall(content.lower())
+    return out
 
 
 def shingles(text: str, ngram: int) -> set[str]:
-    """Distinct word n-grams of the lower-cased text (the whole text when shorter than ngram words)."""
-    words = WORD.findall(text.lower())
+    """Distinct token n-grams of the text (the whole text when shorter than ngram tokens). Tokens hold no
+    whitespace, so joining them with spaces is unambiguous."""
+    words = tokens(text)
     if len(words) <= ngram:
         return {" ".join(words)}
     return set(map(" ".join, zip(*(words[i:] for i in range(ngram)))))

@@ -6,11 +6,17 @@ memory stays bounded whatever the corpus. Each worker is single-threaded (the Ru
 own thread pool is turned off there), so N workers use N cores; in this process the tokenizer
 keeps its parallel batch encoding. Forked workers inherit the tokenizer and template (nothing
 is pickled but the samples going out and the token arrays coming back).
+
+A worker that dies (the kernel's out-of-memory killer, a crash) ends the run within moments with a
+`WorkerDied` error naming how it ended: the pool is a `concurrent.futures.ProcessPoolExecutor`, which
+notices a dead worker and fails every pending job (`multiprocessing.Pool` would silently start a new
+worker and wait forever for the lost job's result).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,9 +26,13 @@ import numpy as np
 
 from finetune.data.pack import Ragged
 from finetune.data.tokenize import IGNORE_INDEX
-from finetune.errors import DataError
+from finetune.errors import DataError, FinetuneError
 
 IN_FLIGHT_PER_WORKER = 2
+
+
+class WorkerDied(FinetuneError):
+    """A preprocessing worker process ended before returning its batch (exit code 1: the environment)."""
 
 
 @dataclass(frozen=True)
@@ -97,32 +107,72 @@ def encode_batches(encoder: Encoder, jobs: Iterable[Job], workers: int) -> Itera
             yield job, *_run(encoder, job)
         return
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("fork")
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(encoder,))
+    processes: list[Any] = []
+    finished = False
+    try:
+        pending: deque[tuple[Job, Any]] = deque()
+        for job in jobs:
+            if processes:
+                pending.append((job, pool.submit(_run_in_worker, job)))
+            else:  # the workers are forked at the first submit; kept to tell how one ended
+                pending.append((job, _first_submit(pool, job)))
+                processes = [p for p in multiprocessing.active_children() if p not in before]
+            while len(pending) >= workers * IN_FLIGHT_PER_WORKER:
+                done, future = pending.popleft()
+                yield done, *future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, *future.result()
+        finished = True
+    except BrokenProcessPool:
+        raise WorkerDied(_death_message(processes, workers)) from None
+    finally:
+        pool.shutdown(wait=finished, cancel_futures=True)
+        if not finished:  # an error, or the caller stopped early: running jobs are not waited for
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join()
+
+
+def _first_submit(pool: Any, job: Job) -> Any:
     # Children must not inherit a used Rust thread pool's state (the tokenizers library would warn
     # and turn it off); with the variable set while forking they start single-threaded and quiet.
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
-        pool = context.Pool(workers, initializer=_init_worker, initargs=(encoder,))
+        return pool.submit(_run_in_worker, job)
     finally:
         if previous is None:
             del os.environ["TOKENIZERS_PARALLELISM"]
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
-    try:
-        pending: deque[tuple[Job, Any]] = deque()
-        for job in jobs:
-            pending.append((job, pool.apply_async(_run_in_worker, (job,))))
-            while len(pending) >= workers * IN_FLIGHT_PER_WORKER:
-                done, result = pending.popleft()
-                yield done, *result.get()
-        while pending:
-            done, result = pending.popleft()
-            yield done, *result.get()
-    finally:
-        pool.terminate()
-        pool.join()
+
+
+def _death_message(processes: list[Any], workers: int) -> str:
+    """What ended the first worker that did not stop at the pool's own SIGTERM, and what to do."""
+    for process in processes:
+        process.join(timeout=5)
+    codes = [process.exitcode for process in processes if process.exitcode not in (None, 0, -signal.SIGTERM)]
+    if codes and codes[0] < 0:
+        number = -codes[0]
+        cause = f"killed by signal {number} ({signal.Signals(number).name})"
+        if number == signal.SIGKILL:
+            cause = f"killed by signal {number}: out of memory?"
+    elif codes:
+        cause = f"exit code {codes[0]}"
+    else:
+        cause = "it ended abruptly"
+    return (
+        f"a preprocessing worker died ({cause}); nothing was cached. Lower preprocess_workers (now {workers} "
+        "processes; 1 = the main process only) or preprocess_shard_size, or free memory, and run again"
+    )
 
 
 def _run(encoder: Encoder, job: Job) -> tuple[Ragged, Ragged]:
@@ -136,8 +186,6 @@ _WORKER: dict[str, Encoder] = {}  # set once in each worker process by _init_wor
 
 
 def _init_worker(encoder: Encoder) -> None:
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (it ends the pool)
     _WORKER["encoder"] = encoder
 

@@ -8,9 +8,10 @@ holding the corpus. Memory is bounded by `preprocess_shard_size`, not by the cor
    (a 16-byte hash per kept conversation) and near-duplicate (MinHash signatures in memory, kept texts
    on disk) rules in dataset order; the kept ones are rendered, tokenized and masked on every core
    (finetune.data.parallel) and written to Arrow shards of `preprocess_shard_size` samples. In memory
-   stay a few numbers per conversation: its length, trained-token counts and origin.
+   stay a few numbers per conversation: its length, trained-token counts, origin (and val_split key).
 2. Plan (`plan_splits`), from those numbers only: the seeded permutation of the kept conversations,
-   the eval split (its head), the trainable and length rules, and the packing plan (finetune.data.pack
+   the eval split (`val_split`: its head, or chosen by each row's `start` or `contact`, read in pass 1 as
+   one number per conversation: finetune.data.holdout), the trainable and length rules, and the packing plan (finetune.data.pack
    on the lengths).
 3. Assemble (`write_split`): rows a shard's worth of samples at a time, gathered from the shards and
    appended to the split's `save_to_disk` directory (finetune.data.shards).
@@ -34,9 +35,10 @@ import numpy as np
 
 from finetune.config.settings import Settings
 from finetune.data.formats import Sample, format_table, sample_key
+from finetune.data.holdout import SplitKeys, held_out
 from finetune.data.neardup import NearDuplicateFinder, conversation_text, drop_filler_turns, excerpts, has_assistant
 from finetune.data.pack import bin_order, packed_rows, plan_bins
-from finetune.data.parallel import EncodeOptions, Encoder, Job, encode_batches, resolve_workers
+from finetune.data.parallel import EncodeOptions, Encoder, Job, WorkerDied, encode_batches, resolve_workers
 from finetune.data.readers import Origins, dataset_path
 from finetune.data.stream_readers import iter_dataset
 from finetune.data.shards import SplitWriter, TextStore, TokenShards, TokenShardWriter
@@ -47,6 +49,7 @@ from finetune.errors import DataError, RecipeError
 TOKENIZE_CHUNK = 1000  # rows read, filtered and encoded together (one progress update each)
 EXAMPLE_PAIRS = 2  # near-duplicate pairs kept in the summary for `preprocess --show`
 EXAMPLE_CHARS = 160  # each side of a pair, truncated
+KEY_DTYPES = {"d": np.float64, "q": np.int64}  # val_split keys: seconds, contact numbers
 
 
 def build_streamed(
@@ -101,6 +104,8 @@ class Tokenized:
     trained_within: np.ndarray  # tokens with a label among the first sequence_len
     dataset_index: np.ndarray
     numbers: np.ndarray  # line or record number in its file
+    split_keys: np.ndarray | None  # per conversation, what val_split plans with (finetune.data.holdout)
+    contacts: list[str]  # with val_split: contact, the contact of each number in split_keys
     sources: list[tuple[str, str]]  # per dataset: (source, "line" | "record")
     read_counts: dict[str, int]
     dropped: dict[str, int]
@@ -207,6 +212,8 @@ def tokenize_to_shards(settings: Settings, tokenizer: Any, template: Any, work: 
     encoder = Encoder(tokenizer, template, token_length_table(tokenizer))
     lengths, trained, within, numbers = array("q"), array("q"), array("q"), array("q")
     dataset_index = array("i")
+    keys = SplitKeys(settings.val_split, settings.where("val_split")) if settings.val_split != "random" else None
+    split_keys = keys.array() if keys is not None else None
     sources: list[tuple[str, str]] = []
     read_counts: dict[str, int] = {}
     input_bytes = sum(_size(dataset_path(dataset)) for dataset in settings.datasets)
@@ -230,30 +237,38 @@ def tokenize_to_shards(settings: Settings, tokenizer: Any, template: Any, work: 
                 samples = format_table(table, dataset)
                 read += len(samples)
                 bytes_read += batch.bytes_read
-                kept, at = [], []
+                kept, at, kept_keys = [], [], []
                 for position, sample in enumerate(samples):
+                    key = keys.read(table.rows[position], table.origins[position]) if keys is not None else None
                     sample = rules.keep(sample, table.origins, position)
                     if sample is not None:
                         kept.append(sample)
                         at.append(position)
+                        kept_keys.append(key)
                 if kept:
-                    yield Job(kept, options, table.origins[at[0]], tag=(index, [table.origins.numbers[i] for i in at]))
+                    numbers_kept = [table.origins.numbers[i] for i in at]
+                    yield Job(kept, options, table.origins[at[0]], tag=(index, numbers_kept, kept_keys))
             label = sources[index][0]
             read_counts[label if label not in read_counts else f"{label} (#{index + 1})"] = read
 
     limit, tokens = settings.sequence_len, 0
-    for job, ids, labels in encode_batches(encoder, jobs(), resolve_workers(settings.preprocess_workers)):
-        index, rows = job.tag
-        writer.add(ids, labels)
-        mask = labels.values != IGNORE_INDEX
-        position = np.arange(len(ids.values), dtype=np.int64) - np.repeat(ids.offsets[:-1], ids.lengths)
-        lengths.extend(ids.lengths.tolist())
-        trained.extend(_per_sample(mask, ids.offsets).tolist())
-        within.extend(_per_sample(mask & (position < limit), ids.offsets).tolist())
-        dataset_index.extend([index] * len(rows))
-        numbers.extend(rows)
-        tokens += len(ids.values)
-        report.streaming(len(lengths), tokens, bytes_read / input_bytes if input_bytes else None)
+    try:
+        for job, ids, labels in encode_batches(encoder, jobs(), resolve_workers(settings.preprocess_workers)):
+            index, rows, row_keys = job.tag
+            if split_keys is not None:
+                split_keys.extend(row_keys)
+            writer.add(ids, labels)
+            mask = labels.values != IGNORE_INDEX
+            position = np.arange(len(ids.values), dtype=np.int64) - np.repeat(ids.offsets[:-1], ids.lengths)
+            lengths.extend(ids.lengths.tolist())
+            trained.extend(_per_sample(mask, ids.offsets).tolist())
+            within.extend(_per_sample(mask & (position < limit), ids.offsets).tolist())
+            dataset_index.extend([index] * len(rows))
+            numbers.extend(rows)
+            tokens += len(ids.values)
+            report.streaming(len(lengths), tokens, bytes_read / input_bytes if input_bytes else None)
+    except WorkerDied as exc:
+        raise WorkerDied(f"{settings.where('preprocess_workers')}: {exc}") from None
     report.update("tokenizing", len(lengths), len(lengths), tokens)
     rules.close()
     return Tokenized(
@@ -263,6 +278,8 @@ def tokenize_to_shards(settings: Settings, tokenizer: Any, template: Any, work: 
         trained_within=np.frombuffer(within, dtype=np.int64),
         dataset_index=np.frombuffer(dataset_index, dtype=np.int32),
         numbers=np.frombuffer(numbers, dtype=np.int64),
+        split_keys=None if split_keys is None else np.frombuffer(split_keys, dtype=KEY_DTYPES[split_keys.typecode]),
+        contacts=keys.names if keys is not None else [],
         sources=sources,
         read_counts=read_counts,
         dropped=rules.dropped,
@@ -298,6 +315,7 @@ def plan_splits(tokenized: Tokenized, settings: Settings) -> tuple[dict[str, Spl
     total = len(tokenized.lengths)
     permutation = np.random.default_rng(settings.seed).permutation(total)
     n_eval = eval_count(settings, total)
+    held = held_out(settings, n_eval, permutation, tokenized.split_keys, tokenized.contacts)
     dropped = dict(tokenized.dropped)
     lengths = tokenized.lengths[permutation]
     trained = tokenized.trained[permutation]
@@ -323,7 +341,7 @@ def plan_splits(tokenized: Tokenized, settings: Settings) -> tuple[dict[str, Spl
         dropped["no trainable tokens after truncation"] = int(np.count_nonzero(lost))
         truncated = count - int(np.count_nonzero(lost))
         keep = trainable & (trained > 0)
-    is_eval = np.arange(total) < n_eval
+    is_eval = held[permutation]
     plans: dict[str, SplitPlan | None] = {}
     for name, selected, packed in (
         ("train", keep & ~is_eval, settings.sample_packing),
