@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from finetune.data.build import Progress, _template, build_splits, prepare_data
+from finetune.data.build import Progress, build_splits, recipe_template, prepare_data
 from finetune.errors import DataError, RecipeError
 
 MARK = re.compile(r"conv(\d+)x")
@@ -38,7 +38,7 @@ def numbers_in(rows: list[list[int]], tokenizer) -> list[int]:
 
 def both_builds(settings, tokenizer) -> tuple[list[int], list[int]]:
     """(train, eval) conversation numbers; the streamed build's rows must equal the in-memory build's."""
-    splits, _ = build_splits(settings, tokenizer, _template(settings, tokenizer), Progress(False))
+    splits, _ = build_splits(settings, tokenizer, recipe_template(settings, tokenizer), Progress(False))
     memory = {name: [splits[name]["input_ids"][i].tolist() for i in range(len(splits[name]["input_ids"]))]
               for name in ("train", "eval")}
     prepared = prepare_data(settings, tokenizer, progress=False, force=True)
@@ -121,7 +121,7 @@ def test_rows_without_a_start_are_a_located_error(tmp_path, data_settings, llama
     with pytest.raises(DataError, match=expected):
         prepare_data(settings, llama3_tokenizer, progress=False)
     with pytest.raises(DataError, match=expected):
-        build_splits(settings, llama3_tokenizer, _template(settings, llama3_tokenizer), Progress(False))
+        build_splits(settings, llama3_tokenizer, recipe_template(settings, llama3_tokenizer), Progress(False))
     assert not any((tmp_path / "prepared").iterdir())
     rows[3] = conversation(3, "yesterday", "Alice")
     write_rows(tmp_path / "chats.jsonl", rows)
