@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 8
+BATCH_WAIT = 0.05  # seconds the first request of a batch waits for others (docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,8 @@ class _Row:
 class Engine:
     """A worker thread that takes queued jobs, batches the compatible ones, and runs them on the pool's model."""
 
-    def __init__(self, pool: ModelPool, max_batch: int = MAX_BATCH):
-        self.pool, self.max_batch = pool, max_batch
+    def __init__(self, pool: ModelPool, max_batch: int = MAX_BATCH, batch_wait: float = BATCH_WAIT):
+        self.pool, self.max_batch, self.batch_wait = pool, max_batch, batch_wait
         self.jobs: queue.Queue[Job] = queue.Queue()
         self.busy = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="finetune-serve-engine", daemon=True)
@@ -146,15 +147,17 @@ class Engine:
             if first is None:
                 continue
             batch, rest = [first], []
-            while True:  # whatever else is waiting joins if it can share the forward pass
+            # Whatever else is waiting joins if it can share the forward pass; requests sent together arrive a few
+            # milliseconds apart, so the first one waits up to `batch_wait` for company before it runs.
+            deadline = time.monotonic() + self.batch_wait
+            while len(batch) < self.max_batch:
                 try:
-                    job = held.pop(0) if held else self.jobs.get_nowait()
+                    job = held.pop(0) if held else self.jobs.get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
                     break
                 if job is None:
                     continue
-                fits = (job.model == first.model and job.sampling.batch_key == first.sampling.batch_key
-                        and len(batch) < self.max_batch)
+                fits = job.model == first.model and job.sampling.batch_key == first.sampling.batch_key
                 (batch if fits else rest).append(job)
             held = rest + held
             self.busy.set()

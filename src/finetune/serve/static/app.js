@@ -5,13 +5,20 @@
 const $ = (id) => document.getElementById(id);
 let models = [];
 
+function headers() {
+  // The server's --api-key, when it has one (typed into the header box; kept for this tab only).
+  const key = $("api-key").value.trim();
+  return key ? {"Content-Type": "application/json", "Authorization": `Bearer ${key}`}
+             : {"Content-Type": "application/json"};
+}
+
 // --- the API ---------------------------------------------------------------------------------------
 
 async function complete(model, messages, temperature, onDelta) {
   // Streams a chat completion; calls onDelta(piece) as text arrives; resolves to the whole reply.
   const response = await fetch("/v1/chat/completions", {
     method: "POST",
-    headers: {"Content-Type": "application/json"},
+    headers: headers(),
     body: JSON.stringify({model, messages, temperature, stream: true}),
   });
   if (!response.ok) {
@@ -46,7 +53,13 @@ async function complete(model, messages, temperature, onDelta) {
 
 async function loadModels() {
   for (let attempt = 0; ; attempt++) {
-    const response = await fetch("/v1/models");
+    const response = await fetch("/v1/models", {headers: headers()});
+    if (response.status === 401) {
+      $("key-box").hidden = false;
+      $("status").textContent = "this server needs its API key";
+      await new Promise((resolve) => $("api-key").addEventListener("change", resolve, {once: true}));
+      continue;
+    }
     if (response.ok) {
       models = (await response.json()).data.map((m) => m.id);
       $("status").textContent = `${models.length} models ready`;
@@ -218,7 +231,7 @@ async function pick(side) {
   tally[winner].wins++;
   const response = await fetch("/v1/preferences", {
     method: "POST",
-    headers: {"Content-Type": "application/json"},
+    headers: headers(),
     body: JSON.stringify({messages: current.context, chosen, rejected, models: {chosen: winner, rejected: loser}}),
   });
   const body = await response.json();
@@ -254,6 +267,6 @@ $("blind-reveal").addEventListener("click", () => {
   if (tuned) $("chat-model").value = tuned;
   checkboxes($("compare-models"), "compare", () => true);
   checkboxes($("blind-models"), "blind", (m) => m !== "base");
-  const response = await fetch("/v1/heldout");
+  const response = await fetch("/v1/heldout", {headers: headers()});
   if (response.ok) heldout = shuffle((await response.json()).data);
 })();
