@@ -133,3 +133,20 @@ special_tokens:
     settings = load_recipe_text(recipe).settings
     prepared = preprocess(settings)
     assert len(prepared.train) == 3
+
+
+def test_the_page_asks_for_the_api_key_once_and_sends_it(browser: Any, server: Any) -> None:
+    from finetune.serve.app import ServeOptions, create_app
+
+    _, pool, engine = server
+    keyed = create_app(pool, engine, ServeOptions(api_key="sesame", preferences=Path("unused"), heldout=[]))
+    with ServerThread(keyed) as thread:
+        page = browser.new_page()
+        page.goto(thread.url)
+        sync_api.expect(page.get_by_role("status").first).to_contain_text("needs its API key", timeout=30_000)
+        key = page.get_by_label("API key")
+        key.fill("sesame")
+        key.press("Enter")
+        key.dispatch_event("change")
+        sync_api.expect(page.get_by_role("status").first).to_contain_text("models ready", timeout=30_000)
+        page.close()
