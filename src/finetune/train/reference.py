@@ -21,13 +21,27 @@ import hashlib
 import json
 import logging
 import os
+import sys
+import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from finetune.config.settings import Settings
+from finetune.data.cache import file_digest
+from finetune.model.load import Precision
+from finetune.model.loss import fused_nll
+from finetune.runs.read import base_model_dir
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from peft import PeftModel
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from finetune.data.build import PreparedData
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +50,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 DIGESTS = "weight-digests.json"  # {"path:size:mtime_ns": sha256} next to the prepared data
 
 
-def reference_key(settings: Settings, data_key: str, precision: Any) -> str:
+def reference_key(settings: Settings, data_key: str, precision: Precision) -> str:
     """sha256 of everything a reference log-prob depends on (see the module doc)."""
-    from finetune.runs.read import base_model_dir
-
     memo = Path(settings.dataset_prepared_path) / DIGESTS
     digest = hashlib.sha256()
     parts: dict[str, Any] = {
@@ -65,8 +77,6 @@ def _weights_digest(directory: Path, memo: Path) -> str:
         stat = file.stat()
         tag = f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         if tag not in known:
-            from finetune.data.cache import file_digest
-
             known[tag] = file_digest(file)
             changed = True
         total.update(f"{file.name}:{known[tag]}\n".encode())
@@ -78,12 +88,10 @@ def _weights_digest(directory: Path, memo: Path) -> str:
     return total.hexdigest()
 
 
-def sequence_log_probs(model: Any, rows: Any, *, pad_id: int, batch_size: int, fresh_adapter: bool,
-                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+def sequence_log_probs(model: PeftModel | PreTrainedModel, rows: Dataset, *, pad_id: int, batch_size: int,
+                       fresh_adapter: bool, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """[pairs, 2] (chosen, rejected) summed reply log-probs of `model` (dropout off, no gradients)."""
     import torch
-
-    from finetune.model.loss import fused_nll
 
     was_training = model.training
     model.eval()
@@ -100,7 +108,7 @@ def sequence_log_probs(model: Any, rows: Any, *, pad_id: int, batch_size: int, f
                 hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
                                output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
                 out[first : first + len(batch)] = reply_log_probs(hidden, ids.to(device), scored.to(device), head,
-                                                                  config, fused_nll).reshape(2, -1).T.cpu().numpy()
+                                                                  config).reshape(2, -1).T.cpu().numpy()
                 if progress is not None:
                     progress(first + len(batch), len(rows))
     finally:
@@ -108,7 +116,7 @@ def sequence_log_probs(model: Any, rows: Any, *, pad_id: int, batch_size: int, f
     return out
 
 
-def pair_batch(rows: list, pad_id: int) -> tuple[Any, Any, Any]:
+def pair_batch(rows: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, scored) [2B, T] as TRL's preference collator lays them out: all chosen
     sequences (prompt + reply), then all rejected ones, right-padded; `scored` marks the reply tokens."""
     import torch
@@ -130,7 +138,8 @@ def pair_batch(rows: list, pad_id: int) -> tuple[Any, Any, Any]:
     return ids, mask, marks
 
 
-def reply_log_probs(hidden: Any, ids: Any, scored: Any, head: Any, config: Any, fused_nll: Any) -> Any:
+def reply_log_probs(hidden: torch.Tensor, ids: torch.Tensor, scored: torch.Tensor, head: torch.nn.Module,
+                    config: PretrainedConfig) -> torch.Tensor:
     """Per sequence, the summed log-prob of its scored tokens given what precedes them ([2B] fp32)."""
     import torch
 
@@ -144,20 +153,17 @@ def reply_log_probs(hidden: Any, ids: Any, scored: Any, head: Any, config: Any, 
 
 def with_reference(
     settings: Settings,
-    prepared: Any,
-    model: Any,
+    prepared: PreparedData,
+    model: PeftModel | PreTrainedModel,
     *,
     pad_id: int,
-    precision: Any,
+    precision: Precision,
     local_rank: int = 0,
     barrier: Callable[[], None] = lambda: None,
     progress: bool = True,
-) -> tuple[Any, Any, Path]:
+) -> tuple[Dataset, Dataset | None, Path]:
     """(train, eval) with REF_COLUMNS added, from the cache or computed now (the first process of each
     machine computes; the others wait at `barrier`, then read the file); and the cache directory."""
-    import sys
-    import time
-
     directory = reference_dir(settings, prepared, precision)
     splits = {"train": prepared.train, "eval": prepared.eval}
     if local_rank == 0:
@@ -175,7 +181,7 @@ def with_reference(
                     shown[0] = now
                     print(f"reference log-probs ({name}): {done:,}/{total:,} pairs", file=sys.stderr, flush=True)
 
-            values = sequence_log_probs(model, rows, pad_id=pad_id, fresh_adapter=fresh_adapter(settings),
+            values = sequence_log_probs(model, rows, pad_id=pad_id, fresh_adapter=fresh_adapter(settings.adapter, settings.lora_model_dir),
                                         batch_size=settings.eval_batch_size or settings.micro_batch_size,
                                         progress=report if progress else None)
             _save(file, values)
@@ -193,14 +199,21 @@ def with_reference(
     return out[0], out[1], directory
 
 
-def reference_dir(settings: Settings, prepared: Any, precision: Any) -> Path:
+def reference_dir(settings: Settings, prepared: PreparedData, precision: Precision) -> Path:
     """Where the reference log-probs of `prepared` live (inside its prepared-data directory)."""
     return prepared.path / f"reference-{reference_key(settings, prepared.path.name, precision)}"
 
 
-def fresh_adapter(settings: Settings) -> bool:
-    """True when the policy starts from a new adapter: the reference is then the model with it disabled."""
-    return settings.adapter is not None and not settings.lora_model_dir
+def fresh_adapter(adapter: str | None, lora_model_dir: str | None) -> bool:
+    """True when the policy starts from a new adapter (the recipe's `adapter`, no `lora_model_dir`): the reference is
+    then the model with it disabled."""
+    return adapter is not None and not lora_model_dir
+
+
+def cached_reference(directory: Path, prepared: PreparedData) -> bool:
+    """True when `directory` already holds the reference log-probs of every split of `prepared`."""
+    splits = (("train", prepared.train), ("eval", prepared.eval))
+    return all(rows is None or _readable(directory / f"{name}.npy", len(rows)) for name, rows in splits)
 
 
 def _readable(file: Path, rows: int) -> bool:
@@ -216,21 +229,3 @@ def _save(file: Path, values: np.ndarray) -> None:
     tmp = file.with_name(f".{file.stem}.{os.getpid()}.{uuid.uuid4().hex[:6]}.npy")
     np.save(tmp, values)
     os.replace(tmp, file)
-
-
-def precompute_for_preprocess(settings: Settings, tokenizer: Any, prepared: Any, *, progress: bool = True) -> Path:
-    """`finetune preprocess` on a preference recipe: load the model as training would and fill the cache
-    (a no-op read when it is already there); returns the cache directory."""
-    from finetune.data.collate import pad_token_id
-    from finetune.train.run import setup_model
-
-    from finetune.model.load import resolve_precision
-
-    directory = reference_dir(settings, prepared, resolve_precision(settings))
-    if all(rows is None or _readable(directory / f"{name}.npy", len(rows))
-           for name, rows in (("train", prepared.train), ("eval", prepared.eval))):
-        return directory  # cached: no model load
-    model, precision = setup_model(settings, tokenizer)
-    *_, directory = with_reference(settings, prepared, model, pad_id=pad_token_id(tokenizer), precision=precision,
-                                   progress=progress)
-    return directory
