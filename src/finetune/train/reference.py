@@ -32,14 +32,12 @@ import numpy as np
 from finetune.config.settings import Settings
 from finetune.data.cache import file_digest
 from finetune.model.load import Precision
-from finetune.model.loss import fused_nll
 from finetune.runs.read import base_model_dir
 
 if TYPE_CHECKING:
-    import torch
     from datasets import Dataset
     from peft import PeftModel
-    from transformers import PretrainedConfig, PreTrainedModel
+    from transformers import PreTrainedModel
 
     from finetune.data.build import PreparedData
 
@@ -88,10 +86,12 @@ def _weights_digest(directory: Path, memo: Path) -> str:
     return total.hexdigest()
 
 
-def sequence_log_probs(model: PeftModel | PreTrainedModel, rows: Dataset, *, pad_id: int, batch_size: int,
-                       fresh_adapter: bool, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+def sequence_log_probs(model: Any, rows: Any, *, pad_id: int, batch_size: int, fresh_adapter: bool,
+                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """[pairs, 2] (chosen, rejected) summed reply log-probs of `model` (dropout off, no gradients)."""
     import torch
+
+    from finetune.model.loss import fused_nll
 
     was_training = model.training
     model.eval()
@@ -108,7 +108,7 @@ def sequence_log_probs(model: PeftModel | PreTrainedModel, rows: Dataset, *, pad
                 hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
                                output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
                 out[first : first + len(batch)] = reply_log_probs(hidden, ids.to(device), scored.to(device), head,
-                                                                  config).reshape(2, -1).T.cpu().numpy()
+                                                                  config, fused_nll).reshape(2, -1).T.cpu().numpy()
                 if progress is not None:
                     progress(first + len(batch), len(rows))
     finally:
@@ -116,7 +116,7 @@ def sequence_log_probs(model: PeftModel | PreTrainedModel, rows: Dataset, *, pad
     return out
 
 
-def pair_batch(rows: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pair_batch(rows: list, pad_id: int) -> tuple[Any, Any, Any]:
     """(input_ids, attention_mask, scored) [2B, T] as TRL's preference collator lays them out: all chosen
     sequences (prompt + reply), then all rejected ones, right-padded; `scored` marks the reply tokens."""
     import torch
@@ -138,8 +138,7 @@ def pair_batch(rows: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, tor
     return ids, mask, marks
 
 
-def reply_log_probs(hidden: torch.Tensor, ids: torch.Tensor, scored: torch.Tensor, head: torch.nn.Module,
-                    config: PretrainedConfig) -> torch.Tensor:
+def reply_log_probs(hidden: Any, ids: Any, scored: Any, head: Any, config: Any, fused_nll: Any) -> Any:
     """Per sequence, the summed log-prob of its scored tokens given what precedes them ([2B] fp32)."""
     import torch
 
@@ -166,6 +165,7 @@ def with_reference(
     machine computes; the others wait at `barrier`, then read the file); and the cache directory."""
     directory = reference_dir(settings, prepared, precision)
     splits = {"train": prepared.train, "eval": prepared.eval}
+    fresh = fresh_adapter(settings.adapter, settings.lora_model_dir)
     if local_rank == 0:
         for name, rows in splits.items():
             file = directory / f"{name}.npy"
@@ -181,7 +181,7 @@ def with_reference(
                     shown[0] = now
                     print(f"reference log-probs ({name}): {done:,}/{total:,} pairs", file=sys.stderr, flush=True)
 
-            values = sequence_log_probs(model, rows, pad_id=pad_id, fresh_adapter=fresh_adapter(settings.adapter, settings.lora_model_dir),
+            values = sequence_log_probs(model, rows, pad_id=pad_id, fresh_adapter=fresh,
                                         batch_size=settings.eval_batch_size or settings.micro_batch_size,
                                         progress=report if progress else None)
             _save(file, values)

@@ -106,8 +106,9 @@ class SFTStage:
     def trainer(self, settings: Settings, model: PeftModel | PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                 train: Dataset, evaluation: Dataset | None, *, args: TrainingArguments, counter: TokenCounter,
                 callbacks: Sequence[TrainerCallback]) -> Trainer:
-        return build_trainer(settings, model, tokenizer, train_dataset=train, eval_dataset=evaluation, args=args,
-                             collator=make_collator(settings, tokenizer), counter=counter, callbacks=callbacks)
+        return build_trainer(model, tokenizer, train_dataset=train, eval_dataset=evaluation, args=args,
+                             collator=make_collator(settings, tokenizer), counter=counter, callbacks=callbacks,
+                             early_stopping_patience=settings.early_stopping_patience, loss_head=settings.loss_head)
 
     def summary(self, log_history: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {}
