@@ -12,6 +12,7 @@ from finetune.data.readers import check_dataset_paths
 from finetune.data.show import render_pairs, render_rows
 from finetune.model.load import resolve_precision
 from finetune.model.tokenizer import load_tokenizer
+from finetune.model.trainable import trainable_model
 from finetune.train.reference import cached_reference, reference_dir, with_reference
 
 if TYPE_CHECKING:
@@ -47,16 +48,13 @@ def preprocess(settings: Settings, *, force: bool = False, show: int = 0, progre
 
 def precompute_reference(settings: Settings, tokenizer: PreTrainedTokenizerBase, prepared: PreparedData, *,
                          progress: bool = True) -> Path:
-    """Load the model as training would and fill the reference cache (finetune.train.reference); a no-op read when
-    it is already there. Returns the cache directory."""
-    directory = reference_dir(settings, prepared, resolve_precision(settings))
+    """Load the model as training starts from (finetune.model.trainable) and fill the reference cache
+    (finetune.train.reference); a no-op read when it is already there. Returns the cache directory."""
+    precision = resolve_precision(settings)
+    directory = reference_dir(settings, prepared, precision)
     if cached_reference(directory, prepared):
         return directory  # no model load
-    # Imported here: finetune.train.run imports torch, transformers and trl (measured: 24 s on a busy 2-core machine),
-    # which `finetune preprocess` of SFT data never needs.
-    from finetune.train.run import setup_model
-
-    model, precision = setup_model(settings, tokenizer)
+    model = trainable_model(settings, tokenizer, precision=precision)
     *_, directory = with_reference(settings, prepared, model, pad_id=pad_token_id(tokenizer), precision=precision,
                                    progress=progress)
     return directory

@@ -23,8 +23,8 @@ from finetune.config.settings import ChatTemplateName, Settings
 from finetune.data.collate import make_collator
 from finetune.data.templates import resolve_template
 from finetune.errors import FinetuneError, RecipeError
-from finetune.model.adapters import apply_adapter
-from finetune.model.load import Precision, load_model, resolve_precision
+from finetune.model.load import Precision, resolve_precision
+from finetune.model.trainable import trainable_model
 from finetune.runs.checkpoints import seal_checkpoints_callback
 from finetune.runs.read import verify_checkpoint
 from finetune.train.args import sft_config, steps_per_epoch
@@ -167,18 +167,14 @@ def run_training(
 
 def setup_model(settings: Settings, tokenizer: PreTrainedTokenizerBase, *, precision: Precision | None = None,
                 local_rank: int = 0) -> tuple[PeftModel | PreTrainedModel, Precision]:
-    """(the base model with the recipe's adapter, its precision), seeded first: adapter initialisation is random."""
-    from transformers import set_seed
-
-    set_seed(settings.seed)
+    """(the base model with the recipe's adapter, seeded first (finetune.model.trainable), its precision); under
+    ZeRO-3 checked and partitioned too (finetune.train.zero3)."""
     precision = precision or resolve_precision(settings)
     zero3 = zero3_enabled()
     if zero3:
         check_zero3(settings, cpu=precision.cpu)
         init_deepspeed_comm()
-    model = load_model(settings, tokenizer, precision=precision, local_rank=local_rank)
-    if settings.adapter:
-        model = apply_adapter(settings, model)
+    model = trainable_model(settings, tokenizer, precision=precision, local_rank=local_rank)
     if zero3 and (settings.load_in_4bit or settings.load_in_8bit):
         partition_quantized(model)
     return model, precision

@@ -30,11 +30,10 @@ from finetune.errors import FinetuneError
 from finetune.log import configure
 from finetune.model.tokenizer import load_tokenizer
 from finetune.train import resilience, tracking
+from finetune.train.run import RunResult, run_training
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-    from finetune.train.run import RunResult
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +103,6 @@ def run_worker(
     ranks: Ranks = Ranks(),
 ) -> RunResult:
     """Load the recipe, prepare data (main process first), train with tracking and signal handling."""
-    # Imported here, not at the top: finetune.train.run imports transformers and trl (measured: 19 s on top of torch's
-    # 5 s, on a busy 2-core machine), which `finetune train`'s launcher process (it imports this module) never needs.
-    from finetune.train.run import run_training
-
     settings = load_recipe(recipe_path, overrides).settings
     deepspeed, _ = resolve_deepspeed(settings)
     if deepspeed is not None:
