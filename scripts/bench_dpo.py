@@ -97,10 +97,10 @@ def run_one(variant: str, base: Path, steps: int) -> dict:
     timer = step_timer()
     if variant.startswith("finetune"):
         from finetune.data.build import prepare_data
-        from finetune.train.dpo import run_dpo
+        from finetune.train.run import run_training
 
         prepared = prepare_data(settings, tokenizer, progress=False)
-        run_dpo(settings, prepared, tokenizer, callbacks=[timer])
+        run_training(settings, prepared, tokenizer, callbacks=[timer])
     else:  # plain TRL: conversations in, its own tokenizing, PEFT setup and reference handling
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
@@ -139,9 +139,9 @@ def interleaved(base: Path, rounds: int, bf16: bool) -> list[dict]:
     from finetune.model.adapters import lora_config
     from finetune.model.load import load_model
     from finetune.model.tokenizer import load_tokenizer
-    from finetune.train.dpo import build_dpo_trainer
+    from finetune.train.dpo import DPOStage
     from finetune.train.reference import with_reference
-    from finetune.train.run import setup_model
+    from finetune.train.run import setup_model, trainer_arguments
     from finetune.train.trainer import TokenCounter
 
     work = Path(tempfile.mkdtemp(prefix="bench-dpo-interleaved-"))
@@ -170,8 +170,11 @@ def interleaved(base: Path, rounds: int, bf16: bool) -> list[dict]:
             if variant == "finetune":
                 train, _, _ = with_reference(settings, prepared, model, pad_id=pad_token_id(tokenizer),
                                              precision=precision, progress=False)
-            trainer = build_dpo_trainer(settings, model, tokenizer, train, None, precision=precision, world_size=1,
-                                        output_dir=work / variant, counter=TokenCounter())
+            stage = DPOStage()
+            args = trainer_arguments(stage, settings, len(train), precision=precision, world_size=1,
+                                     output_dir=work / variant)
+            trainer = stage.trainer(settings, model, tokenizer, train, None, args=args, counter=TokenCounter(),
+                                    callbacks=[])
         trainer.create_optimizer_and_scheduler(num_training_steps=rounds)
         trainer.current_gradient_accumulation_steps = 1
         trainer.model.train()

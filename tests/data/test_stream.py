@@ -174,7 +174,7 @@ def test_the_trainer_reads_the_prepared_rows_memory_mapped(micro_llama_dir, tmp_
     """No copy on the way to the trainer: its dataset and its dataloader's read the cache's memory-mapped files."""
     from finetune.config import load_recipe_text
     from finetune.model.tokenizer import load_tokenizer
-    from finetune.train.run import build, setup_model, trainer_arguments
+    from finetune.train.run import SFTStage, setup_model, trainer_arguments
     from finetune.train.trainer import TokenCounter
 
     settings = load_recipe_text(
@@ -187,8 +187,11 @@ def test_the_trainer_reads_the_prepared_rows_memory_mapped(micro_llama_dir, tmp_
     tokenizer = load_tokenizer(settings)
     prepared = prepare_data(settings, tokenizer, progress=False)
     model, precision = setup_model(settings, tokenizer)
-    args = trainer_arguments(settings, prepared, precision=precision, world_size=1, output_dir=tmp_path / "out")
-    trainer = build(settings, model, tokenizer, prepared, args=args, counter=TokenCounter(), callbacks=[])
+    stage = SFTStage()
+    args = trainer_arguments(stage, settings, len(prepared.train), precision=precision, world_size=1,
+                             output_dir=tmp_path / "out")
+    trainer = stage.trainer(settings, model, tokenizer, prepared.train, None, args=args, counter=TokenCounter(),
+                            callbacks=[])
     assert len(prepared.train.cache_files) > 1
     assert memory_mapped(trainer.train_dataset) and len(trainer.train_dataset) == len(prepared.train)
     loader = trainer.get_train_dataloader()

@@ -63,11 +63,14 @@ def _perturb(model, seed: int = 0) -> None:
 
 
 def _trainer(settings, tokenizer, model, train, tmp_path, precision):
-    from finetune.train.dpo import build_dpo_trainer
+    from finetune.train.dpo import DPOStage
+    from finetune.train.run import trainer_arguments
     from finetune.train.trainer import TokenCounter
 
-    return build_dpo_trainer(settings, model, tokenizer, train, None, precision=precision, world_size=1,
-                             output_dir=tmp_path / "trainer", counter=TokenCounter())
+    stage = DPOStage()
+    args = trainer_arguments(stage, settings, len(train), precision=precision, world_size=1,
+                             output_dir=tmp_path / "trainer")
+    return stage.trainer(settings, model, tokenizer, train, None, args=args, counter=TokenCounter(), callbacks=[])
 
 
 def _plain_logp(model, prompt: list[int], reply: list[int]) -> float:
@@ -185,11 +188,11 @@ def test_the_reference_cache_is_keyed_by_the_reference_weights_not_beta(dpo_reci
 def test_a_short_run_raises_the_held_out_margin_for_most_pairs(dpo_recipe, micro_llama_dir, tmp_path, capsys):
     from finetune.infer.evaluate import evaluate_main
     from finetune.infer.evaluate_pairs import pair_margins
-    from finetune.train.dpo import run_dpo
+    from finetune.train.run import run_training
 
     settings, tokenizer, prepared = dpo_recipe(n=40, val_set_size=10, max_steps=20, eval_steps=10,
                                                learning_rate=0.02)
-    result = run_dpo(settings, prepared, tokenizer)
+    result = run_training(settings, prepared, tokenizer)
     out = result.output_dir
     for name in ("adapter_model.safetensors", "run_summary.json", "loss.png", "recipe.yml", "tokenizer.json"):
         assert (out / name).is_file(), name

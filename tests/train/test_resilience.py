@@ -134,13 +134,13 @@ def test_a_deepspeed_checkpoint_without_gathered_weights_is_resumed(tmp_path):
 
 def test_a_named_damaged_checkpoint_is_a_clear_error(tmp_path):
     from finetune.errors import DataError
-    from finetune.train.run import _resume_point
+    from finetune.train.run import resume_point
 
     named = _checkpoint(tmp_path, 1)
-    assert _resume_point(str(named), tmp_path) == str(named)
+    assert resume_point(str(named), tmp_path) == str(named)
     (named / "adapter_model.safetensors").write_bytes(b"\0" * 3)
     with pytest.raises(DataError, match=r"checkpoint-1/adapter_model\.safetensors is damaged"):
-        _resume_point(str(named), tmp_path)
+        resume_point(str(named), tmp_path)
 
 
 def test_sealed_and_legacy_checkpoints_are_both_resumed(tmp_path):

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError, RecipeError
 
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig, PeftModel
+    from transformers import PreTrainedModel
+
 logger = logging.getLogger(__name__)
 
 
-def is_linear(module: Any) -> bool:
+def is_linear(module: torch.nn.Module) -> bool:
     """nn.Linear and the bitsandbytes Linear4bit / Linear8bitLt (both subclass nn.Linear; checked by name too)."""
     import torch
 
@@ -21,7 +27,7 @@ def is_linear(module: Any) -> bool:
     return type(module).__name__ in ("Linear4bit", "Linear8bitLt")
 
 
-def target_modules(settings: Settings, model: Any) -> list[str]:
+def target_modules(settings: Settings, model: PreTrainedModel) -> list[str]:
     """Leaf names to adapt: with `lora_target_linear` every linear layer except the LM head, plus `lora_target_modules`.
 
     Sorted and de-duplicated, e.g. Llama: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj.
@@ -42,7 +48,7 @@ def target_modules(settings: Settings, model: Any) -> list[str]:
     return sorted(names)
 
 
-def lora_config(settings: Settings, model: Any) -> Any:
+def lora_config(settings: Settings, model: PreTrainedModel) -> LoraConfig:
     """The peft LoraConfig a recipe describes (targets discovered on `model`)."""
     from peft import LoraConfig
 
@@ -59,7 +65,7 @@ def lora_config(settings: Settings, model: Any) -> Any:
     )
 
 
-def prepare_quantized_base(model: Any) -> None:
+def prepare_quantized_base(model: PreTrainedModel) -> None:
     """The useful part of peft's `prepare_model_for_kbit_training`, without its waste.
 
     peft casts *every* non-4-bit parameter to fp32, including embed_tokens and lm_head (2 x 1 GiB more for
@@ -77,7 +83,7 @@ def prepare_quantized_base(model: Any) -> None:
                     param.data = param.data.float()
 
 
-def apply_adapter(settings: Settings, model: Any) -> Any:
+def apply_adapter(settings: Settings, model: PreTrainedModel) -> PeftModel:
     """Wrap `model` in a trainable PeftModel (new, or continued from `lora_model_dir`); report parameter counts."""
     try:
         from peft import PeftModel, get_peft_model
@@ -87,8 +93,6 @@ def apply_adapter(settings: Settings, model: Any) -> Any:
     if settings.load_in_4bit or settings.load_in_8bit:
         prepare_quantized_base(model)
     if settings.lora_model_dir:
-        from pathlib import Path
-
         path = Path(settings.lora_model_dir).expanduser()
         if not (path / "adapter_config.json").is_file():
             raise RecipeError(f"{settings.where('lora_model_dir')}: no adapter_config.json in `{path}`")
@@ -102,7 +106,7 @@ def apply_adapter(settings: Settings, model: Any) -> Any:
     return peft_model
 
 
-def trainable_to_fp32(model: Any) -> int:
+def trainable_to_fp32(model: torch.nn.Module) -> int:
     """Keep every trainable tensor in float32 (optimizer updates below bf16 resolution would be lost); returns how many moved."""
     import torch
 
@@ -115,7 +119,7 @@ def trainable_to_fp32(model: Any) -> int:
 
 
 @contextlib.contextmanager
-def keep_trainable_values(model: Any) -> Iterator[None]:
+def keep_trainable_values(model: torch.nn.Module) -> Iterator[None]:
     """Put every trainable tensor back as it was (values and dtype) after the block: TRL's SFTTrainer and DPOTrainer cast the
     trainable parameters of a quantized model to bf16 (a CPU copy of them is held meanwhile)."""
     kept = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}

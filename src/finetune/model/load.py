@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError, RecipeError
 from finetune.model.tokenizer import eos_ids, require_local_or_cached
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 # Modules that must be trained in full (and saved with the adapter) when special tokens grow the vocabulary.
 EMBEDDING_MODULES = ("embed_tokens", "lm_head")
@@ -36,7 +41,7 @@ class Precision:
     cpu: bool = False
 
     @property
-    def torch_dtype(self) -> Any:
+    def torch_dtype(self) -> torch.dtype:
         import torch
 
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.dtype]
@@ -86,16 +91,16 @@ def resolve_precision(
     return Precision(dtype=dtype, tf32=bool(settings.tf32 and tf32_ok), cpu=cpu)
 
 
-def compute_dtype(settings: Settings, *, bf16_ok: bool | None = None) -> Any:
+def compute_dtype(settings: Settings, *, bf16_ok: bool | None = None) -> torch.dtype:
     """The torch dtype matmuls run in (see the module docstring)."""
     return resolve_precision(settings, bf16_ok=bf16_ok, tf32_ok=False, cpu=False).torch_dtype
 
 
-def quantization_config(settings: Settings, *, dtype: Any = None) -> Any:
+def quantization_config(settings: Settings, *, dtype: torch.dtype | None = None) -> BitsAndBytesConfig | None:
     """BitsAndBytesConfig for `load_in_4bit` (NF4, double quant, compute = storage dtype) or `load_in_8bit`; else None."""
     if not (settings.load_in_4bit or settings.load_in_8bit):
         return None
-    _require_bitsandbytes(settings)
+    _require_bitsandbytes(settings.where("load_in_4bit" if settings.load_in_4bit else "load_in_8bit"))
     from transformers import BitsAndBytesConfig
 
     if settings.load_in_8bit:
@@ -130,9 +135,9 @@ def attention_backend(settings: Settings) -> str:
 
 
 def load_model(
-    settings: Settings, tokenizer: Any, *, precision: Precision | None = None, training: bool = True,
-    local_rank: int = 0,
-) -> Any:
+    settings: Settings, tokenizer: PreTrainedTokenizerBase, *, precision: Precision | None = None,
+    training: bool = True, local_rank: int = 0,
+) -> PreTrainedModel:
     """Load the base model for training: quantized if asked, cache off, embeddings sized to the tokenizer.
 
     `training=False` (chat, evaluate): the same model, without the notice about what training would save.
@@ -203,7 +208,7 @@ def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, training: bo
         )
 
 
-def _set_generation_ids(model: Any, tokenizer: Any) -> None:
+def _set_generation_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """The trained end-of-turn token stops generation; the base's own EOS ids still do too."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if eos is not None:
@@ -214,13 +219,13 @@ def _set_generation_ids(model: Any, tokenizer: Any) -> None:
         model.generation_config.pad_token_id = pad
 
 
-def _full_shape(param: Any) -> tuple[int, ...]:
+def _full_shape(param: torch.nn.Parameter) -> tuple[int, ...]:
     """A parameter's shape, also when DeepSpeed ZeRO-3 has partitioned it (its data is then empty; `ds_shape` is the
     full one)."""
     return tuple(getattr(param, "ds_shape", None) or param.shape)
 
 
-def _module_numel(model: Any, name: str) -> int:
+def _module_numel(model: torch.nn.Module, name: str) -> int:
     """Parameters of the modules whose last name component is `name` (e.g. embed_tokens); full sizes under ZeRO-3."""
     return sum(
         getattr(p, "ds_numel", None) or p.numel()
@@ -238,7 +243,7 @@ def _human_bytes(size: float) -> str:
     return f"{size:.1f} GiB"  # pragma: no cover
 
 
-def _fp32() -> Any:
+def _fp32() -> torch.dtype:
     import torch
 
     return torch.float32
@@ -252,7 +257,7 @@ def inference_device(cuda_available: bool, quantized: bool) -> str | None:
     return "cuda" if cuda_available else "cpu"
 
 
-def place_for_inference(model: Any, settings: Settings) -> Any:
+def place_for_inference(model: PeftModel | PreTrainedModel, settings: Settings) -> PeftModel | PreTrainedModel:
     """`model` moved to `inference_device` (the one placement rule for every inference path)."""
     import torch
 
@@ -260,7 +265,7 @@ def place_for_inference(model: Any, settings: Settings) -> Any:
     return model if device is None else model.to(device)
 
 
-def _quantized_device_map(local_rank: int) -> Any:
+def _quantized_device_map(local_rank: int) -> dict[str, int | str]:
     """bitsandbytes places weights at load time: this process's GPU (`local_rank`), else the CPU."""
     import torch
 
@@ -276,9 +281,9 @@ def _zero3() -> bool:
     return bool(is_deepspeed_zero3_enabled())
 
 
-def _require_bitsandbytes(settings: Settings) -> None:
+def _require_bitsandbytes(where: str) -> None:
+    """MissingDependencyError at `where` (the recipe line asking for quantization) without bitsandbytes."""
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
-        key = "load_in_4bit" if settings.load_in_4bit else "load_in_8bit"
-        raise MissingDependencyError(f"{settings.where(key)}: quantized loading needs bitsandbytes: pip install bitsandbytes")
+        raise MissingDependencyError(f"{where}: quantized loading needs bitsandbytes: pip install bitsandbytes")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Sequence
 
 from finetune.config.settings import Settings, SpecialTokens
 from finetune.errors import RecipeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 
 @dataclass(frozen=True)
@@ -18,7 +23,7 @@ class SpecialTokenReport:
     new_tokens: list[str] = field(default_factory=list)
 
 
-def load_tokenizer(settings: Settings) -> Any:
+def load_tokenizer(settings: Settings) -> PreTrainedTokenizerFast:
     """The recipe's tokenizer (fast), with special tokens applied. Raises RecipeError naming the recipe line."""
     name = settings.tokenizer_config or settings.base_model
     key = "tokenizer_config" if settings.tokenizer_config else "base_model"
@@ -38,7 +43,7 @@ def load_tokenizer(settings: Settings) -> Any:
     return tokenizer
 
 
-def apply_special_tokens(tokenizer: Any, tokens: SpecialTokens) -> SpecialTokenReport:
+def apply_special_tokens(tokenizer: PreTrainedTokenizerBase, tokens: SpecialTokens) -> SpecialTokenReport:
     """Set bos/eos/pad/unk and additional special tokens; report which are new to the vocabulary."""
     vocab = tokenizer.get_vocab()
     assigned: dict[str, str] = {}
@@ -60,8 +65,6 @@ def apply_special_tokens(tokenizer: Any, tokens: SpecialTokens) -> SpecialTokenR
 
 def _is_plain_fast_tokenizer(name: str) -> bool:
     """True for a local tokenizer that declares the generic fast class (Llama 3 does)."""
-    import json
-
     config = Path(name).expanduser() / "tokenizer_config.json"
     if not config.is_file() or not (config.parent / "tokenizer.json").is_file():
         return False
@@ -89,15 +92,14 @@ def require_local_or_cached(name: str, where: str, key: str) -> None:
     cached = try_to_load_from_cache(name, "config.json")
     if isinstance(cached, str):
         return
-    import os
-
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise RecipeError(
             f"{where}: {key} `{name}` is not a local directory and is not in the Hugging Face cache "
             "(HF_HUB_OFFLINE=1); download it first (`hf download {name}`) or point it at a local directory"
         )
 
-def eos_ids(first: Any, *rest: Any) -> list[int]:
+
+def eos_ids(first: int | Sequence[int] | None, *rest: int | Sequence[int] | None) -> list[int]:
     """One eos list: `first` (the trained end-of-turn id) then every other id, each once, in order.
 
     Each argument is None, an id or a list of ids, as `eos_token_id` is in configs.

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune.config.settings import Settings
 from finetune.errors import RecipeError
 from finetune.model.load import Precision
+
+if TYPE_CHECKING:
+    from trl import SFTConfig
 
 DEFAULT_WARMUP_FRACTION = 0.03
 DEFAULT_WARMUP_CAP = 100
@@ -142,11 +145,12 @@ def training_arguments(
     return kwargs
 
 
-def sft_config(settings: Settings, **kwargs: Any) -> Any:
+def sft_config(settings: Settings, *, steps_per_epoch: int, output_dir: str, precision: Precision) -> SFTConfig:
     """`training_arguments` as a TRL SFTConfig (same keyword arguments)."""
     from trl import SFTConfig
 
-    arguments = training_arguments(settings, **kwargs)
+    arguments = training_arguments(settings, steps_per_epoch=steps_per_epoch, output_dir=output_dir,
+                                   precision=precision)
     if "activation_checkpointing" in SFTConfig.__dataclass_fields__:  # transformers >= 5.2x renamed it
         arguments["activation_checkpointing"] = arguments.pop("gradient_checkpointing")
         arguments["activation_checkpointing_kwargs"] = arguments.pop("gradient_checkpointing_kwargs")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
 
 
-def all_reduce(values: list[Any], device: Any, *, op: Literal["sum", "max"] = "sum") -> list[Any]:
+def all_reduce(values: list[int | float], device: torch.device | str, *,
+               op: Literal["sum", "max"] = "sum") -> list[int | float]:
     """`values` (ints, or floats when any is a float) reduced over all processes; as given when not distributed."""
     import torch.distributed as dist
 

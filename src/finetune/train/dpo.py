@@ -1,8 +1,8 @@
 """`rl: dpo|ipo`: preference tuning with TRL's DPOTrainer on prepared pairs, with everything `train` has.
 
-The run is `finetune.train.run`'s (same model setup: 4-bit base, LoRA/DoRA, `lora_model_dir`; same
-callbacks: checkpoints sealed, progress, run summary, loss plot, W&B, signals; same outputs), with
-TRL's DPOTrainer in place of the SFT trainer. Why a thin subclass:
+`DPOStage` is the preference stage of `finetune.train.run.run_training`: the same run (model setup: 4-bit base,
+LoRA/DoRA, `lora_model_dir`; callbacks: checkpoints sealed, progress, run summary, loss plot, W&B, signals;
+outputs), with TRL's DPOTrainer in place of the SFT trainer. Why a thin subclass:
 
 - Rows arrive final (`prompt_ids`, `chosen_ids`, `rejected_ids` from finetune.data.pairs, already cut to
   sequence_len): TRL's `_prepare_dataset` (prompt extraction, chat template, EOS, tokenizing) is skipped.
@@ -19,14 +19,24 @@ TRL's DPOTrainer in place of the SFT trainer. Why a thin subclass:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from trl import DPOTrainer
+from trl import DPOConfig, DPOTrainer
 
 from finetune.config.settings import Settings
-from finetune.errors import FinetuneError
+from finetune.data.collate import pad_token_id
 from finetune.model.adapters import keep_trainable_values, trainable_to_fp32
+from finetune.model.load import Precision
+from finetune.train.args import training_arguments
+from finetune.train.reference import REF_COLUMNS, fresh_adapter, with_reference
+from finetune.train.trainer import TokenCounter
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+    from finetune.data.build import PreparedData
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +49,7 @@ class FinetuneDPOTrainer(DPOTrainer):
 
     _tag_names = ["finetune", "dpo"]
 
-    def __init__(self, *args: Any, counter: Any, cached_reference: bool, keep_ref_adapter: bool,
+    def __init__(self, *args: Any, counter: TokenCounter, cached_reference: bool, keep_ref_adapter: bool,
                  **kwargs: Any) -> None:
         with keep_trainable_values(kwargs["model"]):
             super().__init__(*args, **kwargs)
@@ -68,13 +78,10 @@ class FinetuneDPOTrainer(DPOTrainer):
         return result
 
 
-def dpo_config(settings: Settings, **kwargs: Any) -> Any:
+def dpo_config(settings: Settings, *, steps_per_epoch: int, output_dir: str, precision: Precision) -> DPOConfig:
     """TRL's DPOConfig from the recipe: the SFT run's arguments (finetune.train.args) plus the preference keys."""
-    from trl import DPOConfig
-
-    from finetune.train.args import training_arguments
-
-    arguments = training_arguments(settings, **kwargs)
+    arguments = training_arguments(settings, steps_per_epoch=steps_per_epoch, output_dir=output_dir,
+                                   precision=precision)
     for key in ("dataset_kwargs", "packing"):
         arguments.pop(key)
     arguments.update(
@@ -94,78 +101,59 @@ def dpo_config(settings: Settings, **kwargs: Any) -> Any:
     return DPOConfig(**arguments)
 
 
-def run_dpo(
-    settings: Settings,
-    prepared: Any,
-    tokenizer: Any,
-    *,
-    output_dir: Path | None = None,
-    resume: bool | str = False,
-    world_size: int = 1,
-    local_rank: int = 0,
-    callbacks: Sequence[Any] = (),
-    barrier: Callable[[], None] = lambda: None,
-) -> Any:
-    """Preference-tune on `prepared` pairs and save everything (`run_training`'s outputs and RunResult)."""
-    from finetune.data.collate import pad_token_id
-    from finetune.runs.checkpoints import seal_checkpoints_callback
-    from finetune.train.progress import progress_callback
-    from finetune.train.reference import with_reference
-    from finetune.train.run import _resume_point, chat_template_source, resolved_recipe_yaml, save_run, setup_model
-    from finetune.train.trainer import TokenCounter, summary_callbacks
+class DPOStage:
+    """Preference tuning as a stage of `finetune.train.run.run_training` (see `Stage` there)."""
 
-    output_dir = Path(output_dir if output_dir is not None else settings.output_dir)
-    resume_from = _resume_point(resume, output_dir)
-    template = chat_template_source(settings, tokenizer)
-    if len(prepared.train) == 0:
-        raise FinetuneError("the prepared training split has no pairs; nothing to train")
-    model, precision = setup_model(settings, tokenizer, local_rank=local_rank)
-    pad_id = pad_token_id(tokenizer)
-    train, evaluation = prepared.train, prepared.eval
-    if settings.precompute_ref_log_probs:
-        train, evaluation, where = with_reference(settings, prepared, model, pad_id=pad_id, precision=precision,
-                                                  local_rank=local_rank, barrier=barrier)
+    nothing_to_train = "the prepared training split has no pairs; nothing to train"
+
+    def arguments(self, settings: Settings, *, steps_per_epoch: int, output_dir: str,
+                  precision: Precision) -> DPOConfig:
+        return dpo_config(settings, steps_per_epoch=steps_per_epoch, output_dir=output_dir, precision=precision)
+
+    def datasets(self, settings: Settings, prepared: PreparedData, model: PeftModel | PreTrainedModel,
+                 tokenizer: PreTrainedTokenizerBase, *, precision: Precision, local_rank: int,
+                 barrier: Callable[[], None]) -> tuple[Dataset, Dataset | None]:
+        """The prepared pairs, with the reference log-probs (REF_COLUMNS) when they are precomputed."""
+        if not settings.precompute_ref_log_probs:
+            return prepared.train, prepared.eval
+        train, evaluation, where = with_reference(settings, prepared, model, pad_id=pad_token_id(tokenizer),
+                                                  precision=precision, local_rank=local_rank, barrier=barrier)
         logger.info("reference log-probs: %s", where)
-    counter = TokenCounter()
-    own = summary_callbacks(counter, output_dir)
-    all_callbacks = [seal_checkpoints_callback(), *own, progress_callback(lambda: counter.tokens), *callbacks]
-    trainer = build_dpo_trainer(settings, model, tokenizer, train, evaluation, precision=precision,
-                                world_size=world_size, output_dir=output_dir, counter=counter, callbacks=all_callbacks)
-    if trainer.is_world_process_zero():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "recipe.yml").write_text(resolved_recipe_yaml(settings), encoding="utf-8")
-    trainer.train(resume_from_checkpoint=resume_from)
-    summary = dict(own[0].summary or {})
-    summary.update(preference_summary(trainer.state.log_history))
-    return save_run(trainer, tokenizer, template, output_dir, summary=summary, prepared=prepared)
+        return train, evaluation
+
+    def trainer(self, settings: Settings, model: PeftModel | PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                train: Dataset, evaluation: Dataset | None, *, args: DPOConfig, counter: TokenCounter,
+                callbacks: Sequence[TrainerCallback]) -> FinetuneDPOTrainer:
+        return build_dpo_trainer(model, tokenizer, train, evaluation, args=args, counter=counter, callbacks=callbacks,
+                                 early_stopping_patience=settings.early_stopping_patience,
+                                 fresh=fresh_adapter(settings.adapter, settings.lora_model_dir))
+
+    def summary(self, log_history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return preference_summary(log_history)
 
 
-def build_dpo_trainer(settings: Settings, model: Any, tokenizer: Any, train: Any, evaluation: Any, *, precision: Any,
-                      world_size: int, output_dir: Path, counter: Any, callbacks: Sequence[Any] = ()) -> Any:
-    """The FinetuneDPOTrainer for prepared pairs (with REF_COLUMNS when the reference is precomputed)."""
+def build_dpo_trainer(model: PeftModel | PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Dataset,
+                      evaluation: Dataset | None, *, args: DPOConfig, counter: TokenCounter,
+                      callbacks: Sequence[TrainerCallback] = (), early_stopping_patience: int | None,
+                      fresh: bool) -> FinetuneDPOTrainer:
+    """The FinetuneDPOTrainer for prepared pairs (with REF_COLUMNS when the reference is precomputed); `fresh`: the
+    policy starts from a new adapter (`finetune.train.reference.fresh_adapter`)."""
     from transformers import EarlyStoppingCallback, PrinterCallback
 
-    from finetune.train.args import steps_per_epoch
-    from finetune.train.reference import fresh_adapter
-
-    per_epoch = steps_per_epoch(len(train), micro_batch_size=settings.micro_batch_size,
-                                gradient_accumulation_steps=settings.gradient_accumulation_steps, world_size=world_size)
-    args = dpo_config(settings, steps_per_epoch=per_epoch, output_dir=str(output_dir), precision=precision)
-    evaluating = args.eval_strategy != "no"
     all_callbacks = list(callbacks)
-    if settings.early_stopping_patience is not None and evaluating:
-        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
-    cached = "ref_chosen_logps" in train.column_names
+    if early_stopping_patience is not None and evaluation is not None:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    cached = REF_COLUMNS[0] in train.column_names
     trainer = FinetuneDPOTrainer(
         model=model,
         args=args,
         train_dataset=train,
-        eval_dataset=evaluation if evaluating else None,
+        eval_dataset=evaluation,
         processing_class=tokenizer,
         callbacks=all_callbacks,
         counter=counter,
         cached_reference=cached,
-        keep_ref_adapter=not fresh_adapter(settings) and not cached,
+        keep_ref_adapter=not fresh and not cached,
     )
     trainer.remove_callback(PrinterCallback)
     return trainer

@@ -22,7 +22,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TextIO
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +117,7 @@ def history_losses(log_history: Sequence[Mapping[str, Any]]) -> tuple[list[tuple
 
 
 def progress_callback(count_tokens: Callable[[], int], *, stream: TextIO | None = None,
-                      clock: Callable[[], float] = time.monotonic) -> Any:
+                      clock: Callable[[], float] = time.monotonic) -> TrainerCallback:
     """A TrainerCallback showing progress (see the module docstring). `count_tokens`: this process's tokens so far;
     `stream`: where the terminal line goes (default: sys.stderr at each draw)."""
     from transformers import TrainerCallback

@@ -20,14 +20,26 @@ import hashlib
 import json
 import logging
 import os
+import sys
+import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from finetune.config.settings import Settings
+from finetune.data.cache import file_digest
+from finetune.model.load import Precision
 from finetune.model.loss import sequence_log_probs
+from finetune.runs.read import base_model_dir
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    from finetune.data.build import PreparedData
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +48,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 DIGESTS = "weight-digests.json"  # {"path:size:mtime_ns": sha256} next to the prepared data
 
 
-def reference_key(settings: Settings, data_key: str, precision: Any) -> str:
+def reference_key(settings: Settings, data_key: str, precision: Precision) -> str:
     """sha256 of everything a reference log-prob depends on (see the module doc)."""
-    from finetune.runs.read import base_model_dir
-
     memo = Path(settings.dataset_prepared_path) / DIGESTS
     digest = hashlib.sha256()
     parts: dict[str, Any] = {
@@ -65,8 +75,6 @@ def _weights_digest(directory: Path, memo: Path) -> str:
         stat = file.stat()
         tag = f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         if tag not in known:
-            from finetune.data.cache import file_digest
-
             known[tag] = file_digest(file)
             changed = True
         total.update(f"{file.name}:{known[tag]}\n".encode())
@@ -80,22 +88,20 @@ def _weights_digest(directory: Path, memo: Path) -> str:
 
 def with_reference(
     settings: Settings,
-    prepared: Any,
-    model: Any,
+    prepared: PreparedData,
+    model: PeftModel | PreTrainedModel,
     *,
     pad_id: int,
-    precision: Any,
+    precision: Precision,
     local_rank: int = 0,
     barrier: Callable[[], None] = lambda: None,
     progress: bool = True,
-) -> tuple[Any, Any, Path]:
+) -> tuple[Dataset, Dataset | None, Path]:
     """(train, eval) with REF_COLUMNS added, from the cache or computed now (the first process of each
     machine computes; the others wait at `barrier`, then read the file); and the cache directory."""
-    import sys
-    import time
-
     directory = reference_dir(settings, prepared, precision)
     splits = {"train": prepared.train, "eval": prepared.eval}
+    fresh = fresh_adapter(settings.adapter, settings.lora_model_dir)
     if local_rank == 0:
         for name, rows in splits.items():
             file = directory / f"{name}.npy"
@@ -111,7 +117,7 @@ def with_reference(
                     shown[0] = now
                     print(f"reference log-probs ({name}): {done:,}/{total:,} pairs", file=sys.stderr, flush=True)
 
-            values = sequence_log_probs(model, rows, pad_id=pad_id, fresh_adapter=fresh_adapter(settings),
+            values = sequence_log_probs(model, rows, pad_id=pad_id, fresh_adapter=fresh,
                                         batch_size=settings.eval_batch,
                                         progress=report if progress else None)
             _save(file, values)
@@ -129,14 +135,21 @@ def with_reference(
     return out[0], out[1], directory
 
 
-def reference_dir(settings: Settings, prepared: Any, precision: Any) -> Path:
+def reference_dir(settings: Settings, prepared: PreparedData, precision: Precision) -> Path:
     """Where the reference log-probs of `prepared` live (inside its prepared-data directory)."""
     return prepared.path / f"reference-{reference_key(settings, prepared.path.name, precision)}"
 
 
-def fresh_adapter(settings: Settings) -> bool:
-    """True when the policy starts from a new adapter: the reference is then the model with it disabled."""
-    return settings.adapter is not None and not settings.lora_model_dir
+def fresh_adapter(adapter: str | None, lora_model_dir: str | None) -> bool:
+    """True when the policy starts from a new adapter (the recipe's `adapter`, no `lora_model_dir`): the reference is
+    then the model with it disabled."""
+    return adapter is not None and not lora_model_dir
+
+
+def cached_reference(directory: Path, prepared: PreparedData) -> bool:
+    """True when `directory` already holds the reference log-probs of every split of `prepared`."""
+    splits = (("train", prepared.train), ("eval", prepared.eval))
+    return all(rows is None or _readable(directory / f"{name}.npy", len(rows)) for name, rows in splits)
 
 
 def _readable(file: Path, rows: int) -> bool:
@@ -152,21 +165,3 @@ def _save(file: Path, values: np.ndarray) -> None:
     tmp = file.with_name(f".{file.stem}.{os.getpid()}.{uuid.uuid4().hex[:6]}.npy")
     np.save(tmp, values)
     os.replace(tmp, file)
-
-
-def precompute_for_preprocess(settings: Settings, tokenizer: Any, prepared: Any, *, progress: bool = True) -> Path:
-    """`finetune preprocess` on a preference recipe: load the model as training would and fill the cache
-    (a no-op read when it is already there); returns the cache directory."""
-    from finetune.data.collate import pad_token_id
-    from finetune.train.run import setup_model
-
-    from finetune.model.load import resolve_precision
-
-    directory = reference_dir(settings, prepared, resolve_precision(settings))
-    if all(rows is None or _readable(directory / f"{name}.npy", len(rows))
-           for name, rows in (("train", prepared.train), ("eval", prepared.eval))):
-        return directory  # cached: no model load
-    model, precision = setup_model(settings, tokenizer)
-    *_, directory = with_reference(settings, prepared, model, pad_id=pad_token_id(tokenizer), precision=precision,
-                                   progress=progress)
-    return directory

@@ -17,12 +17,16 @@ import netrc
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlparse
 
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError
 from finetune.train.collective import all_reduce
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +152,7 @@ class Tracker:
         if self.mode == "offline":
             logger.info("W&B: logging offline to %s", self.run.settings.sync_dir)
 
-    def callback(self) -> Any:
+    def callback(self) -> TrainerCallback:
         from transformers import TrainerCallback
 
         tracker = self
@@ -209,7 +213,7 @@ class Tracker:
                 logger.info("W&B: offline run saved; upload it with `wandb sync %s`", sync_dir)
 
 
-def _sum_over_processes(values: list[float], device: Any) -> list[float]:
+def _sum_over_processes(values: list[float], device: torch.device | str) -> list[float]:
     """Element-wise sum over processes; a value < 0 (unknown) on any process stays unknown (-1)."""
     n = len(values)
     totals = all_reduce([max(v, 0.0) for v in values] + [1.0 if v < 0 else 0.0 for v in values], device)

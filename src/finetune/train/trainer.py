@@ -24,14 +24,18 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from trl import SFTTrainer
 
-from finetune.config.settings import Settings
 from finetune.model.loss import trained_token_nll
 from finetune.model.adapters import keep_trainable_values, trainable_to_fp32
 from finetune.train.collective import all_reduce
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
 
 
 @dataclass
@@ -113,23 +117,25 @@ def torch_clamp_min1(value: Any) -> Any:
 
 
 def build_trainer(
-    settings: Settings,
-    model: Any,
-    tokenizer: Any,
+    model: PeftModel | PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     *,
-    train_dataset: Any,
-    eval_dataset: Any,
-    args: Any,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None,
+    args: TrainingArguments,
     collator: Callable,
     counter: TokenCounter,
-    callbacks: Sequence[Any] = (),
-) -> Any:
-    """The FinetuneTrainer for prepared datasets, with early stopping when the recipe asks for it."""
+    callbacks: Sequence[TrainerCallback] = (),
+    early_stopping_patience: int | None,
+    loss_head: str,
+) -> FinetuneTrainer:
+    """The FinetuneTrainer for prepared datasets, with early stopping when the recipe asks for it
+    (`early_stopping_patience`); `loss_head`: the recipe's trained-token loss head (finetune.model.loss)."""
     from transformers import EarlyStoppingCallback, PrinterCallback
 
     all_callbacks = list(callbacks)
-    if settings.early_stopping_patience is not None and eval_dataset is not None:
-        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+    if early_stopping_patience is not None and eval_dataset is not None:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     trainer = FinetuneTrainer(
         model=model,
         args=args,
@@ -140,7 +146,7 @@ def build_trainer(
         callbacks=all_callbacks,
         counter=counter,
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else -1,
-        loss_head=settings.loss_head,
+        loss_head=loss_head,
     )
     # With disable_tqdm the Trainer prints every log dict to stdout; finetune.train.progress says it instead.
     trainer.remove_callback(PrinterCallback)

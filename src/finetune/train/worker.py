@@ -20,10 +20,20 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
+from finetune.config import load_recipe
+from finetune.config.deepspeed import resolve_deepspeed
 from finetune.config.settings import Settings
+from finetune.data.build import PreparedData, prepare_data
 from finetune.errors import FinetuneError
+from finetune.log import configure
+from finetune.model.tokenizer import load_tokenizer
+from finetune.train import resilience, tracking
+from finetune.train.run import RunResult, run_training
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +76,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one process; returns its exit code: 128 + signal number for an interrupted run (130/143), so
     a scheduler requeues it, except under finetune's own launcher, which reports the signal itself."""
-    from finetune.train.resilience import TrainingInterrupted
-
-    from finetune.log import configure
-
     args = parse_args(argv)
     ranks = Ranks.from_env(os.environ)
     configure(rank=ranks.rank, verbose=args.verbose)
     try:
         run_worker(args.config, args.overrides, resume_from=Path(args.resume_from) if args.resume_from else None,
                    force_preprocess=args.force_preprocess, ranks=ranks)
-    except TrainingInterrupted as exc:
+    except resilience.TrainingInterrupted as exc:
         logger.warning("%s", exc)
         # Under finetune's own torchrun a non-zero code reads as a crash there: its launcher reports the signal.
         return 0 if args.under_finetune_launcher else exc.exit_code
@@ -95,14 +101,8 @@ def run_worker(
     resume_from: Path | None,
     force_preprocess: bool = False,
     ranks: Ranks = Ranks(),
-) -> Any:
+) -> RunResult:
     """Load the recipe, prepare data (main process first), train with tracking and signal handling."""
-    from finetune.config import load_recipe
-    from finetune.model.tokenizer import load_tokenizer
-    from finetune.train import resilience, tracking
-    from finetune.config.deepspeed import resolve_deepspeed
-    from finetune.train.run import run_training
-
     settings = load_recipe(recipe_path, overrides).settings
     deepspeed, _ = resolve_deepspeed(settings)
     if deepspeed is not None:
@@ -135,16 +135,10 @@ def run_worker(
     ok = False
     try:
         with resilience.catch_signals(flag), resilience.secrets_filtered(secrets):
-            kwargs: dict[str, Any] = {}
-            run = run_training
-            if settings.rl is not None:  # preference tuning; the reference log-probs are prepared like the data
-                from finetune.train.dpo import run_dpo
-
-                run, kwargs = run_dpo, {"barrier": barrier}
-            result = run(
+            result = run_training(
                 settings, prepared, tokenizer, output_dir=output_dir,
                 resume=str(resume_from) if resume_from is not None else False,
-                world_size=ranks.world_size, local_rank=ranks.local_rank, callbacks=callbacks, **kwargs,
+                world_size=ranks.world_size, local_rank=ranks.local_rank, callbacks=callbacks, barrier=barrier,
             )
         ok = True
     finally:
@@ -154,7 +148,7 @@ def run_worker(
     return result
 
 
-def format_result(result: Any) -> str:
+def format_result(result: RunResult) -> str:
     summary = result.summary or {}
     parts = [f"done: {result.global_step} steps"]
     if summary.get("train_loss") is not None:
@@ -168,11 +162,9 @@ def format_result(result: Any) -> str:
     return ", ".join(parts) + f"; outputs in {result.output_dir}" + lowest
 
 
-def prepare_first_on_each_machine(settings: Settings, tokenizer: Any, ranks: Ranks, barrier: Callable[[], None], *,
-                                  force: bool) -> Any:
+def prepare_first_on_each_machine(settings: Settings, tokenizer: PreTrainedTokenizerBase, ranks: Ranks,
+                                  barrier: Callable[[], None], *, force: bool) -> PreparedData:
     """LOCAL_RANK 0 prepares (or reuses) the cache; the others wait for it, then load the cache."""
-    from finetune.data.build import prepare_data
-
     if ranks.local_rank == 0:
         prepared = prepare_data(settings, tokenizer, force=force, progress=ranks.is_main)
         barrier()
