@@ -192,7 +192,7 @@ def classify(lines: list[str], ios: bool, marked_line: bool, stats: Stats) -> tu
     if marked_line and not (key.endswith(":") and _is_poll(lines)):  # iOS marks media lines before the `[`
         return TABLES.exact.get(key, "media omitted"), _caption(lines[1:], stats)
     kind = TABLES.exact.get(key)
-    if kind is None and _MARK.search(first, 1):  # iOS `report.pdf <LRM>document omitted`
+    if kind is None and not first.isascii() and _MARK.search(first, 1):  # iOS `report.pdf <LRM>document omitted`
         tail = _MARK.split(first)[-1]
         kind = "media omitted" if TABLES.exact.get(normal(tail)) == "media omitted" else None
     if kind == "media omitted":
@@ -207,7 +207,7 @@ def classify(lines: list[str], ios: bool, marked_line: bool, stats: Stats) -> tu
         return "location", None
     if key[:1] in TABLES.notice_starts and key.startswith(TABLES.notices):
         return "system line", None
-    if first.startswith(_MARK_CHARS):
+    if first[:1] in _MARK_SET:
         if ios:  # iOS writes it, the person did not; listed in the summary, so a wrong guess shows
             return ("system line" if TABLES.events.match(key) else "marked by WhatsApp (not in the tables)"), None
         if _ANDROID_FILE.match(key):  # Android: `<LRM>IMG-1.jpg (soubor byl přiložen)`, any language
@@ -290,10 +290,11 @@ def survey(path: Path, date_order: str | None, stats: Stats,
                 or _QUOTE.search(parts[0])):
             continue
         lead = _lead(match)
-        event = parts[0] if not lead and _is_event(lines[0], parts[1]) else None
         _, body = classify([parts[1], *lines[1:]], lead is not None, bool(lead), scratch)
         if not body:
             continue
+        # kept unless its Name ends up rare and it reads as an event (a slow match: only while it is rare)
+        event = parts[0] if seen[parts[0]] <= 2 and not lead and _is_event(lines[0], parts[1]) else None
         for candidate in _candidates(body):
             angles[candidate, sender, event] += 1
         whole = body if _ANGLE.match(body) else None
@@ -319,14 +320,14 @@ def messages(path: Path, found: Survey, stats: Stats,
     """The second pass: the text messages, in file order; everything else dropped and counted in `stats`.
     Whole `<...>` bodies and trailing `<...>` markers of `found.unknown` are dropped or stripped, and listed in
     the summary."""
-    clock = Clock(path, found.order)
+    clock, seen, unknown = Clock(path, found.order), found.seen, found.unknown
     placeholders: defaultdict[str, Counter] = defaultdict(Counter)  # listed after the marked ones, as before
     for line_no, match, lines in _entries(path, progress):
         stats.read += 1
         parts = _split_sender(lines[0])
         lead = _lead(match)
         if (parts is None or _QUOTE.search(parts[0])
-                or (found.seen[parts[0]] <= 2 and not lead and _is_event(lines[0], parts[1]))):
+                or (seen[parts[0]] <= 2 and not lead and _is_event(lines[0], parts[1]))):
             stats.drop("system line")
             continue
         sender = parts[0].strip(_SENDER_STRIP)
@@ -337,13 +338,13 @@ def messages(path: Path, found: Survey, stats: Stats,
                 stats.unknown[normal(parts[1])[:60]][sender] += 1
         if not body:
             continue
-        if found.unknown:
-            if body in found.unknown:
+        if unknown:
+            if body in unknown:
                 stats.drop("placeholder not in the tables")
                 placeholders[body][sender] += 1
                 continue
             tail = _TRAILING_ANGLE.search(body)
-            if tail and tail.group(1) in found.unknown:
+            if tail and tail.group(1) in unknown:
                 stats.cleaned["marker not in the tables removed"] += 1
                 placeholders[tail.group(1)][sender] += 1
                 body = body[:tail.start()].rstrip()

@@ -61,32 +61,38 @@ class Clock:
     def __init__(self, path: Path, order: str):
         self.path, self.order = path, order
         self.days: dict[str, tuple[int, int, int, float | None]] = {}  # date -> year, month, day, midnight
-        self.last: tuple = (None, 0.0)
+        self.times: dict[tuple, tuple[int, int, int, int | None]] = {}  # -> hour, minute, second, of the day
 
     def __call__(self, line_no: int, date: str, time: str, ampm: str | None) -> float:
-        if self.last[0] == (date, time, ampm):  # messages share minutes
-            return self.last[1]
         day = self.days.get(date)
         if day is None:
             if len(self.days) > 10_000:
                 self.days.clear()
             day = self.days[date] = self._day(date)
+        of_day = self.times.get((time, ampm))
+        if of_day is None:
+            if len(self.times) > 200_000:
+                self.times.clear()
+            of_day = self.times[time, ampm] = self._time(time, ampm)
         year, month, dom, midnight = day
+        hour, minute, second, seconds = of_day
+        if midnight is not None and seconds is not None:
+            return midnight + seconds
+        try:
+            return datetime(year, month, dom, hour, minute, second).timestamp()
+        except ValueError:
+            raise DataError(f"{self.path}:{line_no}: impossible date {date} {time} as {self.order}; "
+                            f"try --date-order {'mdy' if self.order == 'dmy' else 'dmy'}") from None
+
+    @staticmethod
+    def _time(time: str, ampm: str | None) -> tuple[int, int, int, int | None]:
         clock = [int(p) for p in _TIME_SPLIT.split(time)]
         hour, minute, second = clock[0], clock[1], clock[2] if len(clock) > 2 else 0
         if ampm:
             pm = ampm.lower().startswith("p") or ampm == "\u0645"
             hour = hour % 12 + (12 if pm else 0)
-        if midnight is not None and hour < 24 and minute < 60 and second < 60:
-            seconds = midnight + hour * 3600 + minute * 60 + second
-        else:
-            try:
-                seconds = datetime(year, month, dom, hour, minute, second).timestamp()
-            except ValueError:
-                raise DataError(f"{self.path}:{line_no}: impossible date {date} {time} as {self.order}; "
-                                f"try --date-order {'mdy' if self.order == 'dmy' else 'dmy'}") from None
-        self.last = ((date, time, ampm), seconds)
-        return seconds
+        valid = hour < 24 and minute < 60 and second < 60
+        return hour, minute, second, hour * 3600 + minute * 60 + second if valid else None
 
     def _day(self, date: str) -> tuple[int, int, int, float | None]:
         parts = _date_parts(date)
