@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             from finetune.importers.whatsapp import import_whatsapp
 
-            import_whatsapp(paths, options, args.date_order, out.write, stats)
+            import_whatsapp(paths, options, args.date_order, out.write, stats,
+                            lambda path: _Progress(2 * path.stat().st_size, not args.no_progress))  # two passes
         check_me_spoke(stats, args.me or "(from personal_information)")
         if stats.conversations == 0:
             raise DataError("no conversation left to write (every one was dropped; see --gap and --min-turns)")

@@ -359,13 +359,18 @@ def read_whatsapp(path: Path, options: ImportOptions, date_order: str | None, st
 
 
 def import_whatsapp(paths: list[Path], options: ImportOptions, date_order: str | None,
-                    write: Callable[[dict], None], stats: Stats) -> None:
+                    write: Callable[[dict], None], stats: Stats,
+                    progress: Callable[[Path], Callable[[int], None] | None] | None = None) -> None:
     """Each export -> rows, in two passes over the file: the survey, then its messages straight into chat_rows
-    (which holds one conversation at a time)."""
+    (which holds one conversation at a time). `progress(path)`: a callback of the bytes read in both passes
+    (twice the file's size in all)."""
     for path in paths:
-        found = survey(path, date_order, stats)
+        report = progress(path) if progress else None
+        size = path.stat().st_size
+        found = survey(path, date_order, stats, report)
+        second = None if report is None else lambda done: report(size + done)
         others = set(found.senders - {options.me})
-        for row in chat_rows(_counted(messages(path, found, stats), options, stats), options, set(), stats,
+        for row in chat_rows(_counted(messages(path, found, stats, second), options, stats), options, set(), stats,
                              contact=chat_label(path), others=others):
             write(row)
 
