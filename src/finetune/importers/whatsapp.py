@@ -16,6 +16,10 @@ ways: by the per-language tables in whatsapp_locales.py, and by rules that need 
 
 A media message's caption (the lines after the placeholder or attachment line) is the sender's own words
 and is kept, unless it is just a file name (documents carry their name as caption).
+
+An export is read twice, a message at a time, so memory does not follow its size: `survey` learns what
+needs the whole file (the dates' order, how often each `Name` starts a line, the unknown placeholders, who
+has a message kept), then `messages` yields the text messages, which `import_whatsapp` feeds to chat_rows.
 """
 
 from __future__ import annotations
