@@ -68,8 +68,7 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from finetune.importers.conversations import AtomicJsonl, ImportOptions, Stats, chat_rows, check_me_spoke, \
-        is_me, print_summary
+    from finetune.importers.conversations import AtomicJsonl, ImportOptions, Stats, check_me_spoke, print_summary
 
     options = ImportOptions(me=args.me, gap_seconds=parse_duration(args.gap), system=args.system,
                             min_turns=args.min_turns, speaker_names=args.speaker_names, redact=args.redact,
@@ -108,15 +107,10 @@ def run(args: argparse.Namespace) -> int:
             size = sum(f.stat().st_size for files in threads.values() for f in files)
             import_meta(threads, options, args.thread or [], out.write, stats, _Progress(size, not args.no_progress))
         else:
-            from finetune.importers.whatsapp import chat_label, read_whatsapp
+            from finetune.importers.whatsapp import import_whatsapp
 
-            for path in paths:
-                messages = read_whatsapp(path, options, args.date_order, stats)
-                for m in messages:
-                    stats.senders[m.sender] += 1
-                    stats.me_spoke += is_me(options, set(), m)
-                for row in chat_rows(messages, options, set(), stats, contact=chat_label(path)):
-                    out.write(row)
+            import_whatsapp(paths, options, args.date_order, out.write, stats,
+                            lambda path: _Progress(2 * path.stat().st_size, not args.no_progress))  # two passes
         check_me_spoke(stats, args.me or "(from personal_information)")
         if stats.conversations == 0:
             raise DataError("no conversation left to write (every one was dropped; see --gap and --min-turns)")

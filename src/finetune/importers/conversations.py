@@ -71,7 +71,7 @@ def is_me(options: ImportOptions, me_ids: set[str], message: Message) -> bool:
     return message.sender_id in me_ids or (options.me is not None and message.sender == options.me)
 
 
-def split_conversations(messages: list[Message], gap_seconds: float) -> Iterable[list[Message]]:
+def split_conversations(messages: Iterable[Message], gap_seconds: float) -> Iterable[list[Message]]:
     """Consecutive runs of messages with no silence longer than `gap_seconds`."""
     current: list[Message] = []
     for message in messages:
@@ -94,12 +94,16 @@ def pseudonym(name: str) -> str:
     return "contact-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:10]
 
 
-def chat_rows(messages: list[Message], options: ImportOptions, me_ids: set[str], stats: Stats,
-              contact: str | None = None) -> Iterable[dict]:
+def chat_rows(messages: Iterable[Message], options: ImportOptions, me_ids: set[str], stats: Stats,
+              contact: str | None = None, others: set[str] | None = None) -> Iterable[dict]:
     """The training rows of one chat's text messages (in time order). Each row carries, beside `messages`,
     `start` (its first message's time, ISO 8601) and `contact` (the chat's label: the other person or the
-    group's name, a pseudonym under --redact-names; default: the other senders' names joined)."""
-    others = {m.sender for m in messages if not is_me(options, me_ids, m)}
+    group's name, a pseudonym under --redact-names; default: the other senders' names joined).
+    `others`: the names of the senders who are not me, when the caller knows them; then `messages` is read
+    once, one conversation held at a time (else they are all read first, to find them)."""
+    if others is None:
+        messages = list(messages)
+        others = {m.sender for m in messages if not is_me(options, me_ids, m)}
     label = contact if contact is not None else ", ".join(sorted(others))
     if options.redact_names:
         label = pseudonym(label)

@@ -16,6 +16,10 @@ ways: by the per-language tables in whatsapp_locales.py, and by rules that need 
 
 A media message's caption (the lines after the placeholder or attachment line) is the sender's own words
 and is kept, unless it is just a file name (documents carry their name as caption).
+
+An export is read twice, a message at a time, so memory does not follow its size: `survey` learns what
+needs the whole file (the dates' order, how often each `Name` starts a line, the unknown placeholders, who
+has a message kept), then `messages` yields the text messages, which `import_whatsapp` feeds to chat_rows.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 from finetune.errors import DataError
-from finetune.importers.conversations import ImportOptions, Message, Stats
+from finetune.importers.conversations import ImportOptions, Message, Stats, chat_rows, is_me
+from finetune.importers.textlines import read_lines
+from finetune.importers.whatsapp_dates import Clock, DateOrder
 from finetune.importers.whatsapp_locales import LOCALES
 
 MARKS = "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
@@ -41,9 +47,12 @@ IOS_TIME_FIRST = re.compile(rf"^(?P<lead>{_M})\[{_M}{_TIME}{_M},\s{_DATE}{_M}\]\
 
 _NORMAL = str.maketrans({**{c: None for c in MARKS}, **{c: '"' for c in "\u201c\u201d\u201e\u201f\u00ab\u00bb"},
                          **{c: " " for c in "\u00a0\u202f\u2009\u2007"}})
+_ODD = re.compile("[" + "".join(map(chr, _NORMAL)) + "]")
 _MARK = re.compile(f"[{MARKS}]")
+_MARK_SET = frozenset(MARKS)
 _MARK_CHARS = tuple(MARKS)
-_QUOTES = set('"\u201c\u201d\u201e\u201f\u00ab\u00bb')
+_QUOTE = re.compile('["\u201c\u201d\u201e\u201f\u00ab\u00bb]')
+_SENDER_STRIP, _BLANK, _MARKS_SPACE = MARKS + " ~\u00a0\u202f", MARKS + " \t", MARKS + " "
 _FILE_NAME = re.compile(r"^\S[^\n]{0,150}\.[A-Za-z][A-Za-z0-9]{1,4}$")
 _ANGLE = re.compile(r"^<[^<>\n]{1,60}>$")
 _TRAILING_ANGLE = re.compile(rf"\s[{MARKS}]*(<[^<>\n]{{1,60}}>)$")
@@ -56,10 +65,17 @@ _LOCATION = re.compile(r"^[^\n]{0,40}?:? ?https://maps\.google\.com/\?q=-?[\d.]+
 UNKNOWN_MIN_COUNT, UNKNOWN_MIN_SENDERS = 3, 2  # a `<...>` this frequent, from this many people, is WhatsApp's
 
 
+def _plain(text: str) -> str:
+    """`text` without direction marks, with plain quotes and spaces (str.translate is slow: only when needed)."""
+    return text if text.isascii() or not _ODD.search(text) else text.translate(_NORMAL)
+
+
 def normal(text: str) -> str:
     """Case, direction marks, quote and space kinds, and a final full stop do not matter when matching."""
-    text = " ".join(text.translate(_NORMAL).split()).replace(".>", ">").rstrip(".").strip()
-    return text.casefold()
+    text = _plain(text)
+    if not text.isprintable() or "  " in text or text[:1] == " " or text[-1:] == " ":  # else split() is a no-op
+        text = " ".join(text.split())
+    return text.replace(".>", ">").rstrip(".").strip().casefold()
 
 
 def _template(template: str) -> str:
@@ -72,6 +88,7 @@ class Tables:
 
     exact: dict[str, str]  # normal(body) -> kind of drop
     notices: tuple[str, ...]
+    notice_starts: frozenset[str]  # their first characters: most bodies are ruled out by one set lookup
     events: re.Pattern[str]
     edited: frozenset[str]
     android_attached: re.Pattern[str]
@@ -91,8 +108,10 @@ class Tables:
         events = "|".join(sorted({_template(t) for t in every["events"]}, key=len, reverse=True))
         attached = "|".join(sorted({re.escape(normal(w)) for w in every["attached"]}, key=len, reverse=True))
         files = sorted(every["chat_file"], key=len, reverse=True)
+        notices = tuple(sorted({normal(s) for s in every["notices"]}))
+        assert all(notices), "an empty notice would match every body"
         return cls(
-            exact=exact, notices=tuple(sorted({normal(s) for s in every["notices"]})),
+            exact=exact, notices=notices, notice_starts=frozenset(n[0] for n in notices),
             events=re.compile(rf"^(?:{events})(?:\.? .*)?$"), edited=frozenset(normal(s) for s in every["edited"]),
             android_attached=re.compile(rf"^.+ \((?:{attached})\)$"),
             ios_attached=re.compile(rf"<\s?(?:{attached})\s?:\s?.+>$|<.+ eklendi>$"),
@@ -103,71 +122,6 @@ class Tables:
 
 
 TABLES = Tables.build()
-
-
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        encoding = "utf-16"
-    else:
-        encoding = "utf-8-sig"
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); WhatsApp exports are UTF-8 — "
-                        f"re-export the chat or convert the file with iconv") from None
-
-
-_DATE_SPLIT = re.compile(r"[./-]")
-
-
-def _date_parts(date: str) -> list[int]:
-    return [int(p) for p in _DATE_SPLIT.split(date.translate(_NORMAL))]
-
-
-def _date_order(path: Path, dates: list[str], forced: str | None, stats: Stats) -> str:
-    if forced:
-        return forced
-    firsts = seconds = 0
-    for date in dates:
-        if len(_DATE_SPLIT.split(date.translate(_NORMAL), 1)[0]) == 4:
-            return "ymd"
-        a, b, *_ = _date_parts(date)
-        firsts = max(firsts, a)
-        seconds = max(seconds, b)
-    if firsts > 12 and seconds <= 12:
-        order, why = "dmy", f"a first field reaches {firsts}"
-    elif seconds > 12 and firsts <= 12:
-        order, why = "mdy", f"a second field reaches {seconds}"
-    elif firsts > 12 and seconds > 12:
-        raise DataError(f"{path}: dates are neither consistently day-first nor month-first; "
-                        f"pass --date-order dmy|mdy")
-    else:
-        order, why = "dmy", "no date tells day from month; pass --date-order mdy if that is wrong"
-    stats.notices.append(f"{path.name}: dates read as {order} ({why})")
-    return order
-
-
-def _timestamp(path: Path, line_no: int, date: str, time: str, ampm: str | None, order: str) -> float:
-    parts = _date_parts(date)
-    if order == "ymd":
-        year, month, day = parts
-    elif order == "mdy":
-        month, day, year = parts
-    else:
-        day, month, year = parts
-    if year < 100:
-        year += 2000
-    clock = [int(p) for p in re.split(r"[:.]", time)]
-    hour, minute, second = clock[0], clock[1], clock[2] if len(clock) > 2 else 0
-    if ampm:
-        pm = ampm.lower().startswith("p") or ampm == "\u0645"
-        hour = hour % 12 + (12 if pm else 0)
-    try:
-        return datetime(year, month, day, hour, minute, second).timestamp()
-    except ValueError:
-        raise DataError(f"{path}:{line_no}: impossible date {date} {time} as {order}; "
-                        f"try --date-order {'mdy' if order == 'dmy' else 'dmy'}") from None
 
 
 def chat_label(path: Path) -> str | None:
@@ -193,9 +147,11 @@ def _split_sender(rest: str) -> tuple[str, str] | None:
     if not sep:
         return None
     if not body.startswith(_MARK_CHARS):
-        marked = re.search(f": (?=[{MARKS}])", rest)
-        if marked:
-            sender, body = rest[:marked.start()], rest[marked.end():]
+        at = body.find(": ")
+        while at >= 0:
+            if body[at + 2:at + 3] in _MARK_SET:
+                return rest[:len(sender) + 2 + at], body[at + 2:]
+            at = body.find(": ", at + 1)
     return sender, body
 
 
@@ -235,12 +191,12 @@ def classify(lines: list[str], ios: bool, marked_line: bool, stats: Stats) -> tu
     iOS layout, `marked_line`: iOS marked it (before the `[`) as a media line."""
     first = lines[0]
     key = normal(first)
-    if not "".join(lines).strip(MARKS + " \t"):
+    if not (first if len(lines) == 1 else "".join(lines)).strip(_BLANK):
         return "empty", None
     if marked_line and not (key.endswith(":") and _is_poll(lines)):  # iOS marks media lines before the `[`
         return TABLES.exact.get(key, "media omitted"), _caption(lines[1:], stats)
     kind = TABLES.exact.get(key)
-    if kind is None and _MARK.search(first, 1):  # iOS `report.pdf <LRM>document omitted`
+    if kind is None and not first.isascii() and _MARK.search(first, 1):  # iOS `report.pdf <LRM>document omitted`
         tail = _MARK.split(first)[-1]
         kind = "media omitted" if TABLES.exact.get(normal(tail)) == "media omitted" else None
     if kind == "media omitted":
@@ -253,91 +209,179 @@ def classify(lines: list[str], ios: bool, marked_line: bool, stats: Stats) -> tu
         return "poll", None
     if "https://" in lines[-1] and _LOCATION.search("\n".join(lines).translate(_NORMAL).strip()):
         return "location", None
-    if key.startswith(TABLES.notices):
+    if key[:1] in TABLES.notice_starts and key.startswith(TABLES.notices):
         return "system line", None
-    if first.startswith(_MARK_CHARS):
+    if first[:1] in _MARK_SET:
         if ios:  # iOS writes it, the person did not; listed in the summary, so a wrong guess shows
             return ("system line" if TABLES.events.match(key) else "marked by WhatsApp (not in the tables)"), None
         if _ANDROID_FILE.match(key):  # Android: `<LRM>IMG-1.jpg (soubor byl přiložen)`, any language
             return "attachment", _caption(lines[1:], stats)
     text = "\n".join(lines).strip().lstrip(MARKS)
-    if text.rstrip(MARKS + " ").endswith(">"):
-        tail = _TRAILING_ANGLE.search(text.rstrip(MARKS + " "))
+    if text.rstrip(_MARKS_SPACE).endswith(">"):
+        tail = _TRAILING_ANGLE.search(text.rstrip(_MARKS_SPACE))
         if tail and normal(tail.group(1)) in TABLES.edited:
             stats.cleaned["edited marker removed"] += 1
-            text = text.rstrip(MARKS + " ")[:tail.start()].rstrip(MARKS + " ")
+            text = text.rstrip(_MARKS_SPACE)[:tail.start()].rstrip(_MARKS_SPACE)
     return None, text
 
 
-def read_whatsapp(path: Path, options: ImportOptions, date_order: str | None, stats: Stats) -> list[Message]:
-    """The text messages of one exported chat, in file order; everything else dropped and counted."""
-    text = _decode(path)
-    raw: list[tuple[int, re.Match[str], list[str]]] = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        match = IOS.match(line) or ANDROID.match(line) or IOS_TIME_FIRST.match(line)
+def _entries(path: Path, progress: Callable[[int], None] | None) -> Iterator[tuple[int, re.Match[str], list[str]]]:
+    """Each message as (line number, its first line's match, its lines: the first one's text after the time,
+    then the lines up to the next message), in file order; one message is held at a time."""
+    lines = read_lines(path, progress=progress,
+                       what="; WhatsApp exports are UTF-8 — re-export the chat or convert the file with iconv")
+    entry = None
+    for line_no, line in enumerate(lines, 1):
+        match = ANDROID.match(line) or IOS.match(line) or IOS_TIME_FIRST.match(line)  # a digit or a `[` first
         if match:
-            raw.append((line_no, match, [match["rest"]]))
-        elif raw:
-            raw[-1][2].append(line)
+            if entry is not None:
+                yield entry
+            entry = (line_no, match, [match["rest"]])
+        elif entry is not None:
+            entry[2].append(line)
         elif line.strip():
+            for _ in lines:  # bytes that are not UTF-8 anywhere in the file are the error to report
+                pass
             raise DataError(f"{path}:{line_no}: not a WhatsApp chat export (expected lines like "
                             f"'31/12/22, 21:41 - Name: text' or '[31/12/2022, 21:41:05] Name: text')")
-    if not raw:
+    if entry is None:
         raise DataError(f"{path}: the export is empty")
-    order = _date_order(path, [m["date"] for _, m, _ in raw], date_order, stats)
-    split = [_split_sender(lines[0]) for _, _, lines in raw]
-    seen = Counter(s[0] for s in split if s)
-    kept: list[tuple[int, re.Match[str], str, str]] = []
-    for (line_no, match, lines), parts in zip(raw, split):
+    yield entry
+
+
+def _lead(match: re.Match[str]) -> str | None:
+    """iOS: the marks before the `[` ("" when none); Android: None."""
+    return None if match.re is ANDROID else match["lead"]
+
+
+def _candidates(body: str) -> Iterator[str]:
+    """A whole `<...>` body, and a trailing ` <...>` marker: what may be WhatsApp's in a language the tables
+    lack."""
+    if _ANGLE.match(body):
+        yield body
+    tail = _TRAILING_ANGLE.search(body)
+    if tail:
+        yield tail.group(1)
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What the first pass over an export learns, which the second needs before its first message."""
+
+    order: str  # of the dates' fields: dmy, mdy or ymd
+    seen: Counter  # the `Name` part of messages' first lines -> messages (a rare one may be an event's words)
+    unknown: frozenset[str]  # `<...>` bodies and markers several people send many times: WhatsApp's
+    senders: frozenset[str]  # who has a message kept
+
+
+def survey(path: Path, date_order: str | None, stats: Stats,
+           progress: Callable[[int], None] | None = None) -> Survey:
+    """The first pass: every date, every `Name`, and the classification of only the messages that hold a `>`
+    (a `<...>` may be an unknown placeholder) or are the first ones of a sender (until one is kept)."""
+    dates, seen = DateOrder(), Counter()
+    angles: Counter = Counter()  # (candidate, sender, the Name whose rarity makes it an event, or None)
+    senders: set[str] = set()  # who surely has a message kept
+    maybe: defaultdict[str, set] = defaultdict(set)  # sender -> {(Name as above or None, <...> body or None)}
+    scratch = Stats()  # classify counts what it cleans: the second pass counts it
+    for _, match, lines in _entries(path, progress):
+        dates.add(match["date"])
+        parts = _split_sender(lines[0])
+        if parts is None:
+            continue
+        seen[parts[0]] += 1
+        sender = parts[0].strip(_SENDER_STRIP)
+        if (sender in senders and ">" not in (lines[0] if len(lines) == 1 else "\n".join(lines))
+                or _QUOTE.search(parts[0])):
+            continue
+        lead = _lead(match)
+        _, body = classify([parts[1], *lines[1:]], lead is not None, bool(lead), scratch)
+        if not body:
+            continue
+        # kept unless its Name ends up rare and it reads as an event (a slow match: only while it is rare)
+        event = parts[0] if seen[parts[0]] <= 2 and not lead and _is_event(lines[0], parts[1]) else None
+        for candidate in _candidates(body):
+            angles[candidate, sender, event] += 1
+        whole = body if _ANGLE.match(body) else None
+        if event is None and whole is None:
+            senders.add(sender)
+            maybe.pop(sender, None)
+        elif sender not in senders:
+            maybe[sender].add((event, whole))
+    order = dates.order(path, date_order, stats)
+    counts: defaultdict[str, Counter] = defaultdict(Counter)
+    for (candidate, sender, event), n in angles.items():
+        if event is None or seen[event] > 2:
+            counts[candidate][sender] += n
+    unknown = frozenset(c for c, who in counts.items()
+                        if sum(who.values()) >= UNKNOWN_MIN_COUNT and len(who) >= UNKNOWN_MIN_SENDERS)
+    senders.update(sender for sender, ways in maybe.items()
+                   if any((event is None or seen[event] > 2) and whole not in unknown for event, whole in ways))
+    return Survey(order, seen, unknown, frozenset(senders))
+
+
+def messages(path: Path, found: Survey, stats: Stats,
+             progress: Callable[[int], None] | None = None) -> Iterator[Message]:
+    """The second pass: the text messages, in file order; everything else dropped and counted in `stats`.
+    Whole `<...>` bodies and trailing `<...>` markers of `found.unknown` are dropped or stripped, and listed in
+    the summary."""
+    clock, seen, unknown = Clock(path, found.order), found.seen, found.unknown
+    placeholders: defaultdict[str, Counter] = defaultdict(Counter)  # listed after the marked ones, as before
+    for line_no, match, lines in _entries(path, progress):
         stats.read += 1
-        if (parts is None or _QUOTES & set(parts[0])
-                or (seen[parts[0]] <= 2 and not match.groupdict().get("lead") and _is_event(lines[0], parts[1]))):
+        parts = _split_sender(lines[0])
+        lead = _lead(match)
+        if (parts is None or _QUOTE.search(parts[0])
+                or (seen[parts[0]] <= 2 and not lead and _is_event(lines[0], parts[1]))):
             stats.drop("system line")
             continue
-        sender = parts[0].strip(MARKS + " ~\u00a0\u202f")
-        ios = "lead" in match.groupdict()
-        kind, body = classify([parts[1], *lines[1:]], ios, bool(ios and match["lead"]), stats)
+        sender = parts[0].strip(_SENDER_STRIP)
+        kind, body = classify([parts[1], *lines[1:]], lead is not None, bool(lead), stats)
         if kind is not None:
             stats.drop(kind)
             if kind.startswith("marked"):
                 stats.unknown[normal(parts[1])[:60]][sender] += 1
-        if body:
-            kept.append((line_no, match, sender, body))
-    messages = []
-    times: dict[tuple, float] = {}  # messages share minutes; converting local time is the slow part
-    for line_no, match, sender, body in _without_unknown_placeholders(kept, stats):
-        when = (match["date"], match["time"], match["ampm"])
-        if when not in times:
-            times[when] = _timestamp(path, line_no, *when, order)
-        messages.append(Message(times[when], sender, sender, body))
-    return messages
-
-
-def _without_unknown_placeholders(kept: list[tuple[int, re.Match[str], str, str]],
-                                  stats: Stats) -> list[tuple[int, re.Match[str], str, str]]:
-    """Whole `<...>` bodies and trailing `<...>` markers that several people send many times are WhatsApp's
-    (a language the tables lack): drop or strip them, and list them in the summary."""
-    senders: defaultdict[str, Counter] = defaultdict(Counter)
-    for _, _, sender, body in kept:
-        whole = body if _ANGLE.match(body) else None
-        tail = _TRAILING_ANGLE.search(body)
-        for candidate in (whole, tail.group(1) if tail else None):
-            if candidate:
-                senders[candidate][sender] += 1
-    unknown = {c for c, who in senders.items()
-               if sum(who.values()) >= UNKNOWN_MIN_COUNT and len(who) >= UNKNOWN_MIN_SENDERS}
-    if not unknown:
-        return kept
-    result = []
-    for line_no, match, sender, body in kept:
-        if body in unknown:
-            stats.drop("placeholder not in the tables")
-            stats.unknown[body][sender] += 1
+        if not body:
             continue
-        tail = _TRAILING_ANGLE.search(body)
-        if tail and tail.group(1) in unknown:
-            stats.cleaned["marker not in the tables removed"] += 1
-            stats.unknown[tail.group(1)][sender] += 1
-            body = body[:tail.start()].rstrip()
-        result.append((line_no, match, sender, body))
-    return result
+        if unknown:
+            if body in unknown:
+                stats.drop("placeholder not in the tables")
+                placeholders[body][sender] += 1
+                continue
+            tail = _TRAILING_ANGLE.search(body)
+            if tail and tail.group(1) in unknown:
+                stats.cleaned["marker not in the tables removed"] += 1
+                placeholders[tail.group(1)][sender] += 1
+                body = body[:tail.start()].rstrip()
+        yield Message(clock(line_no, match["date"], match["time"], match["ampm"]), sender, sender, body)
+    for text, who in placeholders.items():
+        stats.unknown[text].update(who)
+
+
+def read_whatsapp(path: Path, options: ImportOptions, date_order: str | None, stats: Stats) -> list[Message]:
+    """The text messages of one exported chat, in file order; everything else dropped and counted."""
+    return list(messages(path, survey(path, date_order, stats), stats))
+
+
+def import_whatsapp(paths: list[Path], options: ImportOptions, date_order: str | None,
+                    write: Callable[[dict], None], stats: Stats,
+                    progress: Callable[[Path], Callable[[int], None] | None] | None = None) -> None:
+    """Each export -> rows, in two passes over the file: the survey, then its messages straight into chat_rows
+    (which holds one conversation at a time). `progress(path)`: a callback of the bytes read in both passes
+    (twice the file's size in all)."""
+    for path in paths:
+        report = progress(path) if progress else None
+        size = path.stat().st_size
+        found = survey(path, date_order, stats, report)
+        second = None if report is None else lambda done: report(size + done)
+        others = set(found.senders - {options.me})
+        for row in chat_rows(_counted(messages(path, found, stats, second), options, stats), options, set(), stats,
+                             contact=chat_label(path), others=others):
+            write(row)
+
+
+def _counted(messages: Iterable[Message], options: ImportOptions, stats: Stats) -> Iterator[Message]:
+    """`messages`, each counted in `stats` (who is seen; whether --me speaks) as it passes."""
+    for m in messages:
+        stats.senders[m.sender] += 1
+        stats.me_spoke += is_me(options, set(), m)
+        yield m
