@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", type=int, default=None, metavar="N",
                    help="GPUs/processes to plan for (default: WORLD_SIZE or 1)")
 
-    from finetune.importers.command import add_arguments as import_arguments
+    from finetune.importers.arguments import add_arguments as import_arguments
 
     p = command("import", _import,
                 "turn a chat export (Telegram, WhatsApp, Discord, Messenger, Instagram) into chat_template JSONL rows",

@@ -1,4 +1,5 @@
-"""`finetune import telegram|whatsapp`: arguments and the run that writes rows and the summary."""
+"""`finetune import telegram|whatsapp|discord|messenger|instagram`: the run that reads an export, writes rows and
+prints the summary (its arguments: importers/arguments.py)."""
 
 from __future__ import annotations
 
@@ -8,35 +9,11 @@ import time
 from pathlib import Path
 
 from finetune.errors import DataError
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", choices=["telegram", "whatsapp", "discord", "messenger", "instagram"],
-                   help="which app the export comes from")
-    p.add_argument("exports", nargs="+", metavar="EXPORT",
-                   help="Telegram result.json, or one or more WhatsApp .txt files, or DiscordChatExporter .json "
-                        "files, or a Messenger/Instagram archive folder (unzipped Download your information, "
-                        "JSON), thread folder or message_1.json")
-    p.add_argument("--output", "-o", required=True, metavar="FILE.jsonl", help="rows {\"messages\": [...]} go here")
-    p.add_argument("--me", default=None, metavar="NAME",
-                   help="you: your display name or Telegram id (user1234); optional for a full Telegram export; "
-                        "Discord: your name, display name or user id; Messenger/Instagram: your name, optional "
-                        "(inferred: the participant of (nearly) every thread)")
-    p.add_argument("--gap", default="6h", metavar="DURATION",
-                   help="a silence longer than this starts a new conversation (90m, 6h, 2d; default 6h)")
-    p.add_argument("--system", default=None, help="a system turn at the start of every row")
-    p.add_argument("--min-turns", type=int, default=2, metavar="N",
-                   help="drop conversations with fewer turns after trimming (default 2: one exchange)")
-    p.add_argument("--speaker-names", action="store_true", help="prefix user turns with the sender's name (group chats)")
-    p.add_argument("--redact", action="store_true",
-                   help="replace emails, phone numbers, URLs and long digit runs with <email>, <phone>, <url>, <number>")
-    p.add_argument("--redact-names", action="store_true", help="replace the other participants' names with <name>")
-    p.add_argument("--date-order", choices=["dmy", "mdy"], default=None,
-                   help="WhatsApp: day-first or month-first dates (default: inferred from the file)")
-    p.add_argument("--thread", action="append", default=None, metavar="NAME",
-                   help="Messenger/Instagram: import only this conversation (its title or folder name; repeatable)")
-    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+from finetune.importers.conversations import AtomicJsonl, ImportOptions, Stats, check_me_spoke, print_summary
+from finetune.importers.discord import import_discord
+from finetune.importers.meta import find_threads, import_meta
+from finetune.importers.telegram import import_telegram
+from finetune.importers.whatsapp import import_whatsapp
 
 
 def parse_duration(text: str) -> float:
@@ -68,8 +45,6 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from finetune.importers.conversations import AtomicJsonl, ImportOptions, Stats, check_me_spoke, print_summary
-
     options = ImportOptions(me=args.me, gap_seconds=parse_duration(args.gap), system=args.system,
                             min_turns=args.min_turns, speaker_names=args.speaker_names, redact=args.redact,
                             redact_names=args.redact_names)
@@ -91,24 +66,16 @@ def run(args: argparse.Namespace) -> int:
     out = AtomicJsonl(output, args.overwrite)
     try:
         if args.kind == "telegram":
-            from finetune.importers.telegram import import_telegram
-
             progress = _Progress(paths[0].stat().st_size, not args.no_progress)
             import_telegram(paths[0], options, out.write, stats, progress)
         elif args.kind == "discord":
-            from finetune.importers.discord import import_discord
-
             import_discord(paths, options, out.write, stats,
                            lambda path: _Progress(path.stat().st_size, not args.no_progress))
         elif meta:
-            from finetune.importers.meta import find_threads, import_meta
-
             threads = find_threads(paths, args.kind)
             size = sum(f.stat().st_size for files in threads.values() for f in files)
             import_meta(threads, options, args.thread or [], out.write, stats, _Progress(size, not args.no_progress))
         else:
-            from finetune.importers.whatsapp import import_whatsapp
-
             import_whatsapp(paths, options, args.date_order, out.write, stats,
                             lambda path: _Progress(2 * path.stat().st_size, not args.no_progress))  # two passes
         check_me_spoke(stats, args.me or "(from personal_information)")

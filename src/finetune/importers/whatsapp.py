@@ -24,6 +24,7 @@ has a message kept), then `messages` yields the text messages, which `import_wha
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -121,7 +122,10 @@ class Tables:
                              for f in files))
 
 
-TABLES = Tables.build()
+@functools.cache
+def tables() -> Tables:
+    """The language tables, compiled on first use (importing this module stays cheap)."""
+    return Tables.build()
 
 
 def chat_label(path: Path) -> str | None:
@@ -133,7 +137,7 @@ def chat_label(path: Path) -> str | None:
         stem = path.resolve().parent.name
     stem = re.sub(r"\s*\(\d+\)$", "", " ".join(stem.translate(_NORMAL).split()))
     for candidate in (stem, stem.replace("_", " ")):
-        for pattern in TABLES.chat_files:
+        for pattern in tables().chat_files:
             match = pattern.fullmatch(candidate)
             if match and match["name"].strip():
                 return match["name"].strip()
@@ -158,7 +162,7 @@ def _split_sender(rest: str) -> tuple[str, str] | None:
 def _is_event(rest: str, body: str) -> bool:
     """The whole line reads as a group event while its `body` part alone does not: `Alice created group
     "Trip: 2023"` is an event; `Bob: Alice left` is Bob saying something."""
-    return bool(TABLES.events.match(normal(rest))) and not TABLES.events.match(normal(body))
+    return bool(tables().events.match(normal(rest))) and not tables().events.match(normal(body))
 
 
 def _is_poll(lines: list[str]) -> bool:
@@ -168,12 +172,12 @@ def _is_poll(lines: list[str]) -> bool:
     if len(lines) < 2 or not stripped[0].endswith(":"):
         return False
     word = stripped[0][:-1]
-    if normal(word) in TABLES.poll_headers:
+    if normal(word) in tables().poll_headers:
         return True
     options = stripped[2:]
     if not options or not all(_OPTION_LINE.match(line) for line in options):
         return False
-    known = all(normal(line.split(":", 1)[0]) in TABLES.poll_options for line in options)
+    known = all(normal(line.split(":", 1)[0]) in tables().poll_options for line in options)
     return known or (word.isalpha() and not any(c.islower() for c in word))
 
 
@@ -194,32 +198,32 @@ def classify(lines: list[str], ios: bool, marked_line: bool, stats: Stats) -> tu
     if not (first if len(lines) == 1 else "".join(lines)).strip(_BLANK):
         return "empty", None
     if marked_line and not (key.endswith(":") and _is_poll(lines)):  # iOS marks media lines before the `[`
-        return TABLES.exact.get(key, "media omitted"), _caption(lines[1:], stats)
-    kind = TABLES.exact.get(key)
+        return tables().exact.get(key, "media omitted"), _caption(lines[1:], stats)
+    kind = tables().exact.get(key)
     if kind is None and not first.isascii() and _MARK.search(first, 1):  # iOS `report.pdf <LRM>document omitted`
         tail = _MARK.split(first)[-1]
-        kind = "media omitted" if TABLES.exact.get(normal(tail)) == "media omitted" else None
+        kind = "media omitted" if tables().exact.get(normal(tail)) == "media omitted" else None
     if kind == "media omitted":
         return kind, _caption(lines[1:], stats)
     if kind is not None:
         return kind, None
-    if key.endswith((")", ">")) and (TABLES.android_attached.match(key) or TABLES.ios_attached.search(key)):
+    if key.endswith((")", ">")) and (tables().android_attached.match(key) or tables().ios_attached.search(key)):
         return "attachment", _caption(lines[1:], stats)
     if key.endswith(":") and _is_poll(lines):
         return "poll", None
     if "https://" in lines[-1] and _LOCATION.search("\n".join(lines).translate(_NORMAL).strip()):
         return "location", None
-    if key[:1] in TABLES.notice_starts and key.startswith(TABLES.notices):
+    if key[:1] in tables().notice_starts and key.startswith(tables().notices):
         return "system line", None
     if first[:1] in _MARK_SET:
         if ios:  # iOS writes it, the person did not; listed in the summary, so a wrong guess shows
-            return ("system line" if TABLES.events.match(key) else "marked by WhatsApp (not in the tables)"), None
+            return ("system line" if tables().events.match(key) else "marked by WhatsApp (not in the tables)"), None
         if _ANDROID_FILE.match(key):  # Android: `<LRM>IMG-1.jpg (soubor byl přiložen)`, any language
             return "attachment", _caption(lines[1:], stats)
     text = "\n".join(lines).strip().lstrip(MARKS)
     if text.rstrip(_MARKS_SPACE).endswith(">"):
         tail = _TRAILING_ANGLE.search(text.rstrip(_MARKS_SPACE))
-        if tail and normal(tail.group(1)) in TABLES.edited:
+        if tail and normal(tail.group(1)) in tables().edited:
             stats.cleaned["edited marker removed"] += 1
             text = text.rstrip(_MARKS_SPACE)[:tail.start()].rstrip(_MARKS_SPACE)
     return None, text
