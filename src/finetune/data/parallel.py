@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from finetune.data.pack import Ragged
-from finetune.data.tokenize import IGNORE_INDEX
+from finetune.data.tokenize import IGNORE_INDEX, encode_completions, encode_conversations
 from finetune.errors import DataError, FinetuneError
 
 IN_FLIGHT_PER_WORKER = 2
@@ -67,8 +67,6 @@ class Encoder:
 def encode_batch(encoder: Encoder, samples: list[Any], options: EncodeOptions) -> tuple[Ragged, Ragged]:
     """(input_ids, labels) of the samples, each sample's first label masked (it is never predicted:
     the model shifts labels, and a packed sample must not predict across a boundary)."""
-    from finetune.data.tokenize import encode_completions, encode_conversations
-
     if options.completion:
         pairs = encode_completions(samples, tokenizer=encoder.tokenizer)
     else:
