@@ -97,7 +97,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(train_recipe, torch_extens
 
 
 def test_a_cut_short_newest_checkpoint_is_skipped_on_resume(train_recipe, torch_extensions_dir):
-    from finetune.runs.read import COMPLETE_MARKER
+    from finetune.runs.layout import COMPLETE_MARKER
 
     recipe = train_recipe("damaged", max_steps=3, save_steps=1, gradient_accumulation_steps=1)
     out = run_output_dir(recipe)

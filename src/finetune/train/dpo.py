@@ -108,7 +108,7 @@ def run_dpo(
 ) -> Any:
     """Preference-tune on `prepared` pairs and save everything (`run_training`'s outputs and RunResult)."""
     from finetune.data.collate import pad_token_id
-    from finetune.runs.checkpoints import seal_checkpoints_callback
+    from finetune.train.resilience import seal_checkpoints_callback
     from finetune.train.progress import progress_callback
     from finetune.train.reference import with_reference
     from finetune.train.run import _resume_point, chat_template_source, resolved_recipe_yaml, save_run, setup_model

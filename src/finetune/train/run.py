@@ -2,7 +2,7 @@
 
 Outputs in `output_dir`: the adapter (or the full model without an adapter), generation_config.json
 with the trained eos/pad ids, the tokenizer with its chat template, `recipe.yml` (resolved, secrets
-redacted), `run_summary.json`, `loss.png` and `checkpoint-N/` directories per the save cadence.
+redacted), `run_summary.json`, `loss.png` and checkpoint directories (`finetune.runs.layout`) per the save cadence.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, RecipeError
+from finetune.runs.layout import checkpoint_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def run_training(
     `world_size`, `local_rank`: this process's place in the run (read from the environment once, by the
     worker). `callbacks`: extra TrainerCallbacks (tracking, signals).
     """
-    from finetune.runs.checkpoints import seal_checkpoints_callback
+    from finetune.train.resilience import seal_checkpoints_callback
     from finetune.train.progress import progress_callback
     from finetune.train.trainer import TokenCounter, summary_callbacks
 
@@ -159,7 +160,7 @@ def save_run(
     efficiency = getattr(getattr(prepared, "summary", None), "packing_efficiency", None)
     if efficiency is not None:
         summary["packing_efficiency"] = efficiency
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoints = checkpoint_dirs(output_dir)
     summary["best_checkpoint"] = best_checkpoint_entry(trainer.state.log_history, checkpoints, output_dir,
                                                        final_step=trainer.state.global_step)
     if trainer.is_world_process_zero():
@@ -213,12 +214,12 @@ def _resume_point(resume: bool | str, output_dir: Path) -> bool | str | None:
 
         latest = latest_checkpoint(output_dir)  # verified, not merely the newest name
         if latest is None:
-            raise FinetuneError(f"nothing to resume: no complete checkpoint-* directory in {output_dir}")
+            raise FinetuneError(f"nothing to resume: no complete checkpoint directory in {output_dir}")
         return str(latest)
     path = Path(resume)
     if not path.is_dir():
         raise FinetuneError(f"cannot resume from {path}: no such checkpoint directory")
-    from finetune.runs.read import verify_checkpoint
+    from finetune.runs.checkpoints import verify_checkpoint
 
     verify_checkpoint(path)  # a damaged one: a DataError naming the file, not a traceback from torch.load
     return str(path)
