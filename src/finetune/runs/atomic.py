@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,10 +19,10 @@ from typing import Iterator
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def temp_path(target: str | Path) -> Path:
-    """A fresh hidden name beside `target` (unique per process and call)."""
+def temp_path(target: str | Path, kind: str = "tmp") -> Path:
+    """The hidden name beside `target` that this process writes it under: `.<name>.<kind>-<pid>`."""
     target = Path(target)
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return target.with_name(f".{target.name}.{kind}-{os.getpid()}")
 
 
 def fsync_path(path: str | Path) -> None:
@@ -60,7 +59,7 @@ def publish(tmp: str | Path, target: str | Path) -> Path:
     tmp, target = Path(tmp), Path(target)
     if tmp.is_dir():
         fsync_tree(tmp)
-        old = temp_path(target) if target.exists() else None
+        old = temp_path(target, "old") if target.exists() else None
         if old is not None:
             os.replace(target, old)
         os.replace(tmp, target)
