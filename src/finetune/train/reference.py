@@ -20,14 +20,13 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from finetune.config.settings import Settings
+from finetune.runs.atomic import atomic_path, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +71,7 @@ def _weights_digest(directory: Path, memo: Path) -> str:
         total.update(f"{file.name}:{known[tag]}\n".encode())
     if changed:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-        tmp.write_text(json.dumps(known, indent=1), encoding="utf-8")
-        os.replace(tmp, memo)
+        write_text(memo, json.dumps(known, indent=1))
     return total.hexdigest()
 
 
@@ -213,9 +210,8 @@ def _readable(file: Path, rows: int) -> bool:
 
 def _save(file: Path, values: np.ndarray) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.stem}.{os.getpid()}.{uuid.uuid4().hex[:6]}.npy")
-    np.save(tmp, values)
-    os.replace(tmp, file)
+    with atomic_path(file) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, values)
 
 
 def precompute_for_preprocess(settings: Settings, tokenizer: Any, prepared: Any, *, progress: bool = True) -> Path:
