@@ -26,7 +26,7 @@ from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError
 from finetune.export.gguf_llama import PYTHON_TYPES, ExportError, check_architecture, read_vocab, write_gguf
 # The one place export reads a finished run (its directory, base, merge, tokenizer's end-of-turn tokens) from.
-from finetune.export.modelfile import modelfile_text
+from finetune.export.modelfile import modelfile_stops, modelfile_text
 from finetune.export.merge import MergeDtype, merge_adapter, merge_record, read_merge_record
 from finetune.model.load import compute_dtype
 from finetune.runs.atomic import DISK_FULL, atomic_path, temp_path, write_text
@@ -161,7 +161,7 @@ def _vocab(model_dir: Path, run_dir: Path) -> tuple[Any, list[str], Optional[str
     markers = [vocab_ids[m] for m in END_OF_TURN_MARKERS if template and m in template and m in vocab_ids]
     rows = _read_config(model_dir)["vocab_size"]
     vocab = read_vocab(tokenizer, model_dir, rows, eos=stop[0], eot=(markers or stop)[0])
-    return vocab, [tokenizer.convert_ids_to_tokens(i) for i in stop], template
+    return vocab, modelfile_stops(tokenizer, stop), template
 
 
 def _quantize(llama_cpp: Any, source: Path, target: Path, ftype_name: str) -> None:

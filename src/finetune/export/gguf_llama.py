@@ -255,7 +255,7 @@ def write_gguf(path: Path, model_dir: Path, vocab: Vocab, name: str, quant: str,
                 group = heads if gname.endswith("attn_q.weight") else kv_heads if gname.endswith("attn_k.weight") else 0
                 # A mapping per tensor: the pages it read leave the process with it, not at the end of the file.
                 with safe_open(str(files[key]), framework="pt") as handle:
-                    out = _convert(handle.get_slice(key), shapes[key], types[gname], group and head_dim(config))
+                    out = convert_tensor(handle.get_slice(key), shapes[key], types[gname], group and head_dim(config))
             writer.write_tensor_data(out)
             del out
             progress(done, len(plan))
@@ -299,7 +299,7 @@ def _write_metadata(writer: Any, config: dict, vocab: Vocab, name: str, file_typ
         writer.add_chat_template(vocab.chat_template)
 
 
-def _convert(piece: Any, shape: list[int], qtype: Any, group_rows: int) -> Any:
+def convert_tensor(piece: Any, shape: list[int], qtype: Any, group_rows: int) -> Any:
     """One tensor in its GGML type, converted a block of rows at a time (Q/K permuted per head of `group_rows`)."""
     import gguf
     import numpy as np

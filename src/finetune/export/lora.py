@@ -27,7 +27,8 @@ from typing import Any, Callable, Optional
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError
 from finetune.export.command import disk_full_error
-from finetune.export.gguf_llama import ExportError, check_architecture, gguf_name, head_dim, tensor_type
+from finetune.export.modelfile import modelfile_stops, modelfile_text
+from finetune.export.gguf_llama import ExportError, check_architecture, convert_tensor, gguf_name, head_dim, tensor_type
 from finetune.runs.atomic import DISK_FULL, atomic_path, write_text
 from finetune.runs.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GGUF_DIR, MODEL_CONFIG, MODELFILE
 from finetune.runs.read import base_model_dir, read_json, resolve_adapter_dir, stop_token_ids, verify_safetensors
@@ -127,8 +128,6 @@ def write_lora_gguf(path: Path, tensors: dict[str, tuple[Any, Any]], base_config
     import gguf
     import numpy as np
 
-    from finetune.export.gguf_llama import _convert
-
     heads = base_config["num_attention_heads"]
     kv_heads = base_config.get("num_key_value_heads") or heads
     plan = []
@@ -155,7 +154,7 @@ def write_lora_gguf(path: Path, tensors: dict[str, tuple[Any, Any]], base_config
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for done, ((target, tensor, group_rows), qtype) in enumerate(zip(plan, types), 1):
-            writer.write_tensor_data(_convert(tensor, list(tensor.shape), qtype, group_rows))
+            writer.write_tensor_data(convert_tensor(tensor, list(tensor.shape), qtype, group_rows))
             if progress is not None:
                 progress(done, len(plan))
     finally:
@@ -171,13 +170,11 @@ def _write_modelfile(out_dir: Path, adapter_name: str, base_gguf: Path, run_dir:
     """A Modelfile: FROM the given base, ADAPTER beside it, the training template and stop tokens."""
     from transformers import AutoTokenizer
 
-    from finetune.export.modelfile import modelfile_text
-
     if not base_gguf.is_file():
         raise ExportError(f"--base-gguf {base_gguf}: no such file (a GGUF of the base model, e.g. from "
                           "`finetune export` of the base or llama.cpp's convert_hf_to_gguf.py)")
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    stop = [tokenizer.convert_ids_to_tokens(i) for i in stop_token_ids(tokenizer, None, run_dir)]
+    stop = modelfile_stops(tokenizer, stop_token_ids(tokenizer, None, run_dir))
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     text = modelfile_text(str(base_gguf.resolve()), template, stop, adapter=f"./{adapter_name}")
     write_text(out_dir / MODELFILE, text)

@@ -12,7 +12,7 @@ import json
 import logging
 import struct
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from finetune.config.settings import Settings
 from finetune.data.templates import resolve_template
@@ -20,6 +20,9 @@ from finetune.errors import DataError, FinetuneError, RecipeError
 from finetune.model.tokenizer import eos_ids, load_tokenizer, require_local_or_cached
 from finetune.runs.layout import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, GENERATION_CONFIG, MODEL_CONFIG, SAFETENSORS_INDEX,
                                   TOKENIZER_CONFIG, checkpoint_dirs)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -163,3 +166,40 @@ def stop_token_ids(tokenizer: Any, generation_config: Any = None, run_dir: Path 
     vocab = tokenizer.get_vocab()
     markers = [vocab[marker] for marker in END_OF_TURN_MARKERS if marker in template and marker in vocab]
     return eos_ids(tokenizer.eos_token_id, saved, getattr(generation_config, "eos_token_id", None), markers)
+
+
+STOP_PROBE = "finetune stop probe"  # an assistant reply whose rendering shows what the template writes after it
+
+
+def stop_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The strings at which a reply ends, for every path that generates (chat, evaluate, report, serve) and the
+    Modelfile's `PARAMETER stop` lines: what the tokenizer's chat template writes right after an assistant
+    reply (`<|eot_id|>`, `<|im_end|>`, ... from END_OF_TURN_MARKERS, or the eos token), then the eos token.
+
+    Generation must stop when the generated TEXT contains one of them: with `chat_template: chatml` on a
+    Llama 3 tokenizer, `<|im_end|>` is plain text split into several tokens, which no stop id can catch.
+    Cut the reply there with `cut_at_stop`. FinetuneError when the template writes no end of turn at all
+    (then nothing could stop a reply; set special_tokens.eos_token to the template's end-of-turn string)."""
+    eos = tokenizer.eos_token if isinstance(tokenizer.eos_token, str) and tokenizer.eos_token else None
+    candidates = [*END_OF_TURN_MARKERS, *([eos] if eos else [])]
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    if not template:
+        return [eos] if eos else []
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": STOP_PROBE}]
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+        after = rendered[rendered.rindex(STOP_PROBE) + len(STOP_PROBE):]
+    except Exception:  # a template that refuses these roles, or rewrites the content: read its source instead
+        after = template
+    found = sorted((after.index(c), c) for c in dict.fromkeys(candidates) if c in after)
+    if not found:
+        raise FinetuneError(f"the chat template writes no end-of-turn marker after a reply (looked for "
+                            f"{', '.join(candidates)}), so generation could never stop; set "
+                            "special_tokens.eos_token to the string that ends a turn in your template")
+    return list(dict.fromkeys([c for _, c in found] + ([eos] if eos else [])))
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """(`text` up to the first stop string, whether one was found)."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
