@@ -2,9 +2,11 @@
 
 1. The run is merged as `finetune merge` merges it (LoRA, DoRA, rsLoRA, modules_to_save; QLoRA into the
    NF4-round-tripped base) into a temporary safetensors folder next to the output, in float32 for `f32`, bfloat16
-   for `bf16` and float16 otherwise; an up-to-date `output_dir/merged` of that dtype is used as it is. A full
+   for `bf16` and float16 otherwise; `output_dir/merged` is used as it is only when its `merged_from.json` says it is
+   this adapter (path and weights hash) merged into this base in that dtype. A full
    fine-tune's output_dir is already a model.
-2. `finetune.export.gguf_llama` writes the GGUF tensor by tensor (f32, f16, bf16, q8_0, q4_0). The K-quants
+2. `finetune.export.gguf_llama` writes the GGUF tensor by tensor (f32, f16, bf16, q8_0, q4_0; in q4_0 the output
+   embedding is Q6_K, as llama.cpp's own quantizer stores it). The K-quants
    (q4_k_m, q5_k_m, q6_k) are llama.cpp's own quantizer, called as a library through llama-cpp-python, from an
    f16 GGUF that is then removed.
 3. Everything is written under temporary names and renamed at the end: an error, a full disk or Ctrl-C leaves no
