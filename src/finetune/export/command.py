@@ -22,11 +22,12 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional
+from types import ModuleType
+from typing import Callable, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError
-from finetune.export.gguf_llama import PYTHON_TYPES, ExportError, check_architecture, read_vocab, write_gguf
+from finetune.export.gguf_llama import PYTHON_TYPES, ExportError, Vocab, check_architecture, read_vocab, write_gguf
 # The one place export reads a finished run (its directory, base, merge, tokenizer's end-of-turn tokens) from.
 from finetune.export.modelfile import modelfile_stops, modelfile_text
 from finetune.export.merge import MergeDtype, merge_adapter, merge_record, read_merge_record
@@ -150,7 +151,7 @@ def _read_config(model_dir: Path) -> dict:
     return read_json(path)
 
 
-def _vocab(model_dir: Path, run_dir: Path) -> tuple[Any, list[str], Optional[str]]:
+def _vocab(model_dir: Path, run_dir: Path) -> tuple[Vocab, list[str], Optional[str]]:
     """(the GGUF vocabulary, the stop token strings, the chat template) from the exported model's tokenizer."""
     from transformers import AutoTokenizer
 
@@ -166,7 +167,7 @@ def _vocab(model_dir: Path, run_dir: Path) -> tuple[Any, list[str], Optional[str
     return vocab, modelfile_stops(tokenizer, stop), template
 
 
-def _quantize(llama_cpp: Any, source: Path, target: Path, ftype_name: str) -> None:
+def _quantize(llama_cpp: ModuleType, source: Path, target: Path, ftype_name: str) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, ftype_name)
     params.nthread = os.cpu_count() or 1
@@ -193,7 +194,7 @@ def _require_gguf() -> None:
         raise MissingDependencyError(f"finetune export needs llama.cpp's gguf package: {LLAMA_CPP_HINT}")
 
 
-def _require_llama_cpp(quant: str) -> Any:
+def _require_llama_cpp(quant: str) -> ModuleType:
     try:
         import llama_cpp
     except ImportError:

@@ -27,9 +27,15 @@ import re
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from finetune.errors import FinetuneError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from transformers import PreTrainedTokenizerBase
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 LAYER_NAMES = {
@@ -139,7 +145,7 @@ def gguf_name(key: str) -> Optional[str]:
     raise ExportError(f"tensor `{key}` has no llama.cpp equivalent: only plain Llama checkpoints can be exported")
 
 
-def permute_rows(weight: Any, heads: int) -> Any:
+def permute_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """Q/K rows (numpy or torch) from Hugging Face's half-split RoPE layout to llama.cpp's interleaved one."""
     rows = weight.shape[0]
     if rows % (2 * heads):
@@ -150,7 +156,7 @@ def permute_rows(weight: Any, heads: int) -> Any:
 # --- the tokenizer --------------------------------------------------------------------------------------
 
 
-def read_vocab(tokenizer: Any, model_dir: Path, vocab_size: int, eos: int, eot: int) -> Vocab:
+def read_vocab(tokenizer: PreTrainedTokenizerBase, model_dir: Path, vocab_size: int, eos: int, eot: int) -> Vocab:
     """The tokenizer as llama.cpp's BPE vocabulary; ExportError unless it pre-tokenizes like Llama 3."""
     from gguf import TokenType
 
@@ -189,7 +195,7 @@ def read_vocab(tokenizer: Any, model_dir: Path, vocab_size: int, eos: int, eot: 
                  add_bos=_adds_bos(tokenizer, template), chat_template=template)
 
 
-def _adds_bos(tokenizer: Any, template: Optional[str]) -> bool:
+def _adds_bos(tokenizer: PreTrainedTokenizerBase, template: Optional[str]) -> bool:
     """Whether prompts start with BOS: as the chat template renders them (training tokenized its output with no
     extra special tokens), else as the tokenizer encodes. llama.cpp adds it (and drops a rendered one) when true."""
     if tokenizer.bos_token_id is None:
@@ -204,7 +210,7 @@ def _adds_bos(tokenizer: Any, template: Optional[str]) -> bool:
 # --- writing --------------------------------------------------------------------------------------------
 
 
-def tensor_type(name: str, shape: list[int], quant: str, *, tied: bool = False) -> Any:
+def tensor_type(name: str, shape: list[int], quant: str, *, tied: bool = False) -> GGMLQuantizationType:
     """The GGML type a tensor is stored in: 1-D and norms float32; rows that do not fill quant blocks float16.
 
     The output embedding (`output.weight`, or `token_embd.weight` when `tied`: llama.cpp then uses it as the
@@ -224,7 +230,7 @@ def tensor_type(name: str, shape: list[int], quant: str, *, tied: bool = False) 
     return GGMLQuantizationType.F16 if shape[-1] % GGML_QUANT_SIZES[qtype][0] else qtype
 
 
-def quantize_q6_k(rows: Any) -> Any:
+def quantize_q6_k(rows: np.ndarray) -> np.ndarray:
     """float32 rows (each a multiple of 256 long) as GGML Q6_K blocks, laid out as llama.cpp's `block_q6_K`:
     128 bytes of low 4 bits, 64 of high 2 bits, 16 int8 sub-block scales, the float16 super-block scale.
 
@@ -305,7 +311,7 @@ def write_gguf(path: Path, model_dir: Path, vocab: Vocab, name: str, quant: str,
         writer.close()
 
 
-def _write_metadata(writer: Any, config: dict, vocab: Vocab, name: str, file_type: int) -> None:
+def _write_metadata(writer: GGUFWriter, config: dict, vocab: Vocab, name: str, file_type: int) -> None:
     import gguf
 
     writer.add_name(name)
@@ -341,7 +347,7 @@ def _write_metadata(writer: Any, config: dict, vocab: Vocab, name: str, file_typ
         writer.add_chat_template(vocab.chat_template)
 
 
-def convert_tensor(piece: Any, shape: list[int], qtype: Any, group_rows: int) -> Any:
+def convert_tensor(piece: Any, shape: list[int], qtype: GGMLQuantizationType, group_rows: int) -> np.ndarray:
     """One tensor in its GGML type, converted a block of rows at a time (Q/K permuted per head of `group_rows`)."""
     import gguf
     import numpy as np

@@ -22,7 +22,7 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError
@@ -32,6 +32,9 @@ from finetune.export.gguf_llama import ExportError, check_architecture, convert_
 from finetune.runs.atomic import DISK_FULL, atomic_path, write_text
 from finetune.runs.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GGUF_DIR, MODEL_CONFIG, MODELFILE
 from finetune.runs.read import base_model_dir, read_json, resolve_adapter_dir, stop_token_ids, verify_safetensors
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ def export_lora_gguf(settings: Settings, quant: str, *, adapter_dir: str | Path 
     return final
 
 
-def read_lora(run_dir: Path, base_config: dict) -> tuple[dict[str, tuple[Any, Any]], float]:
+def read_lora(run_dir: Path, base_config: dict) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
     """{HF weight key: (lora_A, lora_B)} in float32, and the alpha that gives PEFT's scale under llama.cpp's
     alpha / r; ExportError for anything a llama.cpp adapter cannot hold."""
     from safetensors.torch import load_file
@@ -122,7 +125,7 @@ def read_lora(run_dir: Path, base_config: dict) -> tuple[dict[str, tuple[Any, An
     return tensors, alpha
 
 
-def write_lora_gguf(path: Path, tensors: dict[str, tuple[Any, Any]], base_config: dict, alpha: float, name: str,
+def write_lora_gguf(path: Path, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], base_config: dict, alpha: float, name: str,
                     quant: str, progress: Optional[Callable[[int, int], None]] = None) -> None:
     """Write `tensors` ({HF key: (lora_A, lora_B)}) as a llama.cpp LoRA adapter GGUF at `path`."""
     import gguf

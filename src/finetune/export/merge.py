@@ -36,7 +36,7 @@ import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError, RecipeError
@@ -48,6 +48,10 @@ from finetune.runs.read import base_model_dir, load_run_tokenizer, read_adapter_
 from finetune.export.safetensors_stream import (FLOAT_CODES, INDEX_FILE, st_code, weight_files, write_index,
                                          write_sharded)
 from finetune.config.sizes import parse_size
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ class MergeMonitor:
     read: int = 0
     written: int = 0
 
-    def hold(self, tensor: Any) -> Any:
+    def hold(self, tensor: torch.Tensor) -> torch.Tensor:
         size = tensor.numel() * tensor.element_size()
         self.live += 1
         self.live_bytes += size
@@ -117,7 +121,7 @@ def merge_adapter(
     out_dir: str | Path | None = None,
     dtype: MergeDtype = "bf16",
     max_shard_size: int | str = "2GB",
-    quant_dtype: Any = None,
+    quant_dtype: torch.dtype | None = None,
     monitor: MergeMonitor | None = None,
 ) -> Path:
     """Merge the run's adapter into the base and write a standalone model to `out_dir` (default `output_dir/merged`).
@@ -263,8 +267,8 @@ def _plan(settings: Settings, base_config: dict, base_files: dict, base_file: Ca
     return plan
 
 
-def _merge_tensor(key: str, tensor: Any, kind: str, plan: _Plan, adapter: Any, adapter_config: dict,
-                  quant_dtype: Any, monitor: MergeMonitor) -> Any:
+def _merge_tensor(key: str, tensor: torch.Tensor, kind: str, plan: _Plan, adapter: Any, adapter_config: dict,
+                  quant_dtype: torch.dtype | None, monitor: MergeMonitor) -> torch.Tensor:
     """One output tensor in float32 when it changes; the tensor as read otherwise."""
     import torch
 
@@ -292,7 +296,7 @@ def _merge_tensor(key: str, tensor: Any, kind: str, plan: _Plan, adapter: Any, a
     return weight.T if fan_in_fan_out else weight
 
 
-def _nf4_round_trip(weight: Any, dtype: Any) -> Any:
+def _nf4_round_trip(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """What `load_in_4bit` turns `weight` into: cast, NF4 with double quant (blocksize 64), de-quantized."""
     import bitsandbytes.functional as bnbf
     import torch
@@ -312,7 +316,7 @@ def _scaling(module: str, rank: int, adapter_config: dict) -> float:
     return alpha / math.sqrt(rank) if adapter_config.get("use_rslora") else alpha / rank
 
 
-def _embedding_keys(model: Any) -> tuple[Optional[str], Optional[str]]:
+def _embedding_keys(model: PreTrainedModel) -> tuple[Optional[str], Optional[str]]:
     """Checkpoint keys of the input and output embeddings of the meta-device model."""
     names = {id(m): n for n, m in model.named_modules()}
     out = model.get_output_embeddings()
@@ -321,13 +325,13 @@ def _embedding_keys(model: Any) -> tuple[Optional[str], Optional[str]]:
     return (f"{in_name}.weight" if in_name else None), (f"{out_name}.weight" if out_name else None)
 
 
-def _conv1d_keys(model: Any) -> set[str]:
+def _conv1d_keys(model: PreTrainedModel) -> set[str]:
     from transformers.pytorch_utils import Conv1D
 
     return {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, Conv1D)}
 
 
-def _quantized_keys(model: Any, base_config: dict) -> set[str]:
+def _quantized_keys(model: PreTrainedModel, base_config: dict) -> set[str]:
     """The weights `load_in_4bit` quantizes: every nn.Linear (or Conv1D) except transformers' skip list."""
     import torch
     from transformers.pytorch_utils import Conv1D
@@ -343,7 +347,7 @@ def _quantized_keys(model: Any, base_config: dict) -> set[str]:
     }
 
 
-def _meta_model(settings: Settings) -> Any:
+def _meta_model(settings: Settings) -> PreTrainedModel:
     """The base architecture on the meta device (no memory): module types and embedding names."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -364,7 +368,7 @@ def _base_weight_files(base_dir: Path, settings: Settings) -> dict[str, Path]:
     return files
 
 
-def _write_configs(out: Path, base_dir: Path, base_config: dict, plan: _Plan, tokenizer: Any, dtype: str) -> None:
+def _write_configs(out: Path, base_dir: Path, base_config: dict, plan: _Plan, tokenizer: PreTrainedTokenizerBase, dtype: str) -> None:
     config = {k: v for k, v in base_config.items() if k != "quantization_config"}
     name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
     config["dtype"] = name
@@ -397,7 +401,7 @@ def _check_replaceable(out_dir: Path) -> None:
 # --- what a merged folder was merged from ------------------------------------------------------------
 
 
-def merge_record(adapter_dir: Path, base_model: str, dtype: str, nf4_dtype: Any = None) -> dict[str, Any]:
+def merge_record(adapter_dir: Path, base_model: str, dtype: str, nf4_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """What a merge of `adapter_dir` into `base_model` in `dtype` is made of: the adapter's path and the sha256
     of its weights file, the base, the dtype, and for QLoRA the dtype of the NF4 round trip. Written into the
     merged folder as MERGE_SOURCE; a merged folder is reused only when its record equals the one wanted."""

@@ -22,7 +22,7 @@ from finetune.runs.layout import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, GENERATION_CO
                                   TOKENIZER_CONFIG, checkpoint_dirs)
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def base_model_dir(settings: Settings) -> Path:
         ) from None
 
 
-def load_run_tokenizer(settings: Settings, run_dir: Path | None) -> Any:
+def load_run_tokenizer(settings: Settings, run_dir: Path | None) -> PreTrainedTokenizerBase:
     """The tokenizer saved with the run (chat template, trained eos/pad); else the recipe's, with its template."""
     from transformers import AutoTokenizer
 
@@ -157,7 +157,8 @@ def adapter_kind(run_dir: Path) -> AdapterKind:
     raise FinetuneError(f"{run_dir} holds neither an adapter (adapter_config.json) nor a model (config.json); "
                         f"{TRAIN_HINT}")
 
-def stop_token_ids(tokenizer: Any, generation_config: Any = None, run_dir: Path | None = None) -> list[int]:
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig | None = None,
+                   run_dir: Path | None = None) -> list[int]:
     """Ids that end an answer: the trained eos first, then saved/base generation eos ids, then the template's marker."""
     saved = None
     if run_dir is not None and (Path(run_dir) / GENERATION_CONFIG).is_file():

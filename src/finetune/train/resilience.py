@@ -20,13 +20,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from finetune.errors import DataError, FinetuneError
 from finetune.runs.checkpoints import is_sealed, seal_checkpoint, verify_checkpoint
 from finetune.runs.layout import (COMPLETE_MARKER, RUN_SUMMARY, TRAINER_STATE, checkpoint_dir, checkpoint_dirs,
                                   checkpoint_step)
 from finetune.train.collective import all_reduce
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +135,7 @@ def plan_output_dir(output_dir: Path, *, resume: bool, overwrite: bool, clean: b
     return plan
 
 
-def seal_checkpoints_callback() -> Any:
+def seal_checkpoints_callback() -> TrainerCallback:
     """TrainerCallback sealing each checkpoint (`finetune.runs.checkpoints.seal_checkpoint`) right after the
     Trainer saved it. Every process waits for the others to finish writing their files (RNG state, DeepSpeed
     shards) before the main process seals, so the marker records each file whole. Put it before any callback
@@ -204,7 +207,7 @@ def catch_signals(flag: SignalFlag, signals: Sequence[int] = (signal.SIGINT, sig
             signal.signal(sig, handler)
 
 
-def stop_on_signal_callback(flag: SignalFlag) -> Any:
+def stop_on_signal_callback(flag: SignalFlag) -> TrainerCallback:
     """TrainerCallback: once `flag` is set (on any process), save a checkpoint at the step's end, then raise
     TrainingInterrupted. With several processes the flag is agreed on by all-reduce so all save together."""
     from transformers import TrainerCallback
