@@ -1,8 +1,9 @@
 """Runs that survive being stopped: resume, no silent overwrite, checkpoint on SIGINT/SIGTERM, no leaked secrets.
 
-- `plan_output_dir`: run again on an output_dir with checkpoints -> resume from the latest complete one
-  (`--no-resume` starts over and removes them); a finished run (run_summary.json) is kept unless
-  `--overwrite`.
+- `plan_output_dir`: run again on an output_dir with checkpoints -> resume from the latest whole one (verified
+  by `finetune.runs.checkpoints.verify_checkpoint`; a damaged one is skipped with a warning naming it), or
+  `--no-resume` starts over and removes them; a finished run (run_summary.json) is kept unless `--overwrite`.
+- `seal_checkpoints_callback`: each checkpoint sealed (its files and sizes recorded) once every process saved.
 - `catch_signals` + `stop_on_signal_callback`: the first SIGINT/SIGTERM asks the trainer to save a
   checkpoint at the end of the current optimizer step and stop; `TrainingInterrupted` then carries the
   checkpoint out of the run (so no final adapter or run_summary.json is written and the next run resumes).
