@@ -11,7 +11,7 @@ import jinja2
 import pytest
 
 from finetune.data.templates import CHATML_JINJA, LLAMA3_BOS, LLAMA3_JINJA
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, RecipeError
 from finetune.export.modelfile import go_template, modelfile_stops, modelfile_text
 from finetune.runs.read import stop_strings, stop_token_ids
 
@@ -115,5 +115,7 @@ def test_a_template_that_never_ends_a_turn_is_refused(llama3: Any) -> None:
     llama3.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     with pytest.raises(FinetuneError, match="writes no end-of-turn marker after a reply"):
         stop_strings(llama3)
+    with pytest.raises(RecipeError, match=r"^recipe\.yml:3: the chat template writes no end-of-turn"):
+        stop_strings(llama3, where="recipe.yml:3")
     llama3.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ eos_token }}{% endfor %}"
     assert stop_strings(llama3) == ["<|eot_id|>"]  # the eos written as a variable is found in the rendering

@@ -172,15 +172,16 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_config: Genera
 STOP_PROBE = "finetune stop probe"  # an assistant reply whose rendering shows what the template writes after it
 
 
-def stop_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+def stop_strings(tokenizer: PreTrainedTokenizerBase, *, where: str | None = None) -> list[str]:
     """The strings at which a reply ends, for every path that generates (chat, evaluate, report, serve) and the
     Modelfile's `PARAMETER stop` lines: what the tokenizer's chat template writes right after an assistant
     reply (`<|eot_id|>`, `<|im_end|>`, ... from END_OF_TURN_MARKERS, or the eos token), then the eos token.
 
     Generation must stop when the generated TEXT contains one of them: with `chat_template: chatml` on a
     Llama 3 tokenizer, `<|im_end|>` is plain text split into several tokens, which no stop id can catch.
-    Cut the reply there with `cut_at_stop`. FinetuneError when the template writes no end of turn at all
-    (then nothing could stop a reply; set special_tokens.eos_token to the template's end-of-turn string)."""
+    Cut the reply there with `cut_at_stop`. When the template writes no end of turn at all nothing could stop a
+    reply: FinetuneError, or RecipeError located at `where` (the recipe line of chat_template) when given, so a
+    recipe check can refuse the recipe before training."""
     eos = tokenizer.eos_token if isinstance(tokenizer.eos_token, str) and tokenizer.eos_token else None
     candidates = [*END_OF_TURN_MARKERS, *([eos] if eos else [])]
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
@@ -194,9 +195,10 @@ def stop_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
         after = template
     found = sorted((after.index(c), c) for c in dict.fromkeys(candidates) if c in after)
     if not found:
-        raise FinetuneError(f"the chat template writes no end-of-turn marker after a reply (looked for "
-                            f"{', '.join(candidates)}), so generation could never stop; set "
-                            "special_tokens.eos_token to the string that ends a turn in your template")
+        message = (f"the chat template writes no end-of-turn marker after a reply (looked for "
+                   f"{', '.join(candidates)}), so generation could never stop; set special_tokens.eos_token to the "
+                   "string that ends a turn in your template")
+        raise RecipeError(f"{where}: {message}") if where else FinetuneError(message)
     return list(dict.fromkeys([c for _, c in found] + ([eos] if eos else [])))
 
 
