@@ -28,7 +28,6 @@ from typing import Any
 import finetune
 from finetune.config.settings import Settings, data_values
 from finetune.data.readers import dataset_path
-from finetune.runs.atomic import publish
 
 CACHE_FORMAT = 1
 MARKER = "COMPLETE"
@@ -119,9 +118,14 @@ def commit(directory: Path, key: str, fill: Callable[[Path], dict[str, Any]]) ->
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`, its files fsynced first; an existing `dst` (forced rebuild, stale partial copy) is
-    moved aside first (`finetune.runs.atomic.publish`)."""
-    publish(src, dst)
+    """Move `src` to `dst`; an existing `dst` (forced rebuild, stale partial copy) is moved aside first."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".old-{dst.name[:16]}-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _remove_abandoned(parent: Path, key: str) -> None:

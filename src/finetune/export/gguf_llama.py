@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from finetune.errors import FinetuneError
+from finetune.export.safetensors_stream import weight_files
 
 if TYPE_CHECKING:
     import numpy as np
@@ -268,8 +269,6 @@ def write_gguf(path: Path, model_dir: Path, vocab: Vocab, name: str, quant: str,
     import gguf
     import numpy as np
     from safetensors import safe_open
-
-    from finetune.export.safetensors_stream import weight_files
 
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_architecture(config, str(model_dir / "config.json"))

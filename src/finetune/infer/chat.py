@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
 
 from finetune.config.settings import Settings
 from finetune.errors import DataError, FinetuneError
+from finetune.model.load import load_model, place_for_inference
 from finetune.runs.read import (adapter_kind, cut_at_stop, load_run_tokenizer, read_adapter_config, resolve_adapter_dir,
                                 stop_strings, stop_token_ids)
 
@@ -121,8 +122,6 @@ def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None
 
 def _load_base(settings: Settings, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """The base through the training loader (same quantization, precision and embedding size), placed for inference."""
-    from finetune.model.load import load_model, place_for_inference
-
     return place_for_inference(load_model(settings, tokenizer, training=False), settings)
 
 
