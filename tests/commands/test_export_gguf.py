@@ -322,6 +322,45 @@ def test_quantized_files_load_and_answer(quant: str, trained: Any, trained_f16: 
         llm.close()
 
 
+@needs_llama
+@pytest.mark.slow  # two exports per size and llama.cpp's quantizer: about a minute each on 2 cores
+@pytest.mark.parametrize("hidden, output_type", [(64, "Q8_0"), (256, "Q6_K")])
+def test_q4_0_stores_each_tensor_in_llama_cpps_own_q4_0_type(hidden: int, output_type: str, tmp_path: Path) -> None:
+    """llama.cpp's quantizer keeps the output embedding at Q6_K in a Q4_0 file (Q8_0 when its rows do not fill
+    Q6_K's 256-value blocks): our Python q4_0 must store every tensor in the type llama.cpp's own q4_0 of the
+    f16 file has, and our Q6_K must be as close to the weights as llama.cpp's."""
+    import llama_cpp
+    from gguf import quants
+
+    from finetune.testing.tiny_llama import build_tiny_llama
+
+    settings = _full_run(build_tiny_llama(tmp_path / "base", hidden_size=hidden, layers=1), tmp_path / "full")
+    ours, f16 = export_gguf(settings, "q4_0"), export_gguf(settings, "f16")
+    theirs = tmp_path / "theirs-q4_0.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    assert llama_cpp.llama_model_quantize(str(f16).encode(), str(theirs).encode(), params) == 0
+    tensors = {name: {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+               for name, path in (("ours", ours), ("theirs", theirs), ("f16", f16))}
+    assert {k: t.tensor_type.name for k, t in tensors["ours"].items()} == \
+        {k: t.tensor_type.name for k, t in tensors["theirs"].items()}
+    assert tensors["ours"]["output.weight"].tensor_type.name == output_type
+    assert tensors["ours"]["blk.0.attn_q.weight"].tensor_type.name == "Q4_0"
+
+    def error(which: str) -> float:
+        tensor = tensors[which]["output.weight"]
+        values = quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
+        reference = np.asarray(tensors["f16"]["output.weight"].data, dtype=np.float32)
+        return float(np.sqrt(((values.reshape(reference.shape) - reference) ** 2).mean()))
+
+    assert error("ours") <= 1.1 * error("theirs")
+    llm = _llama(ours)
+    try:
+        assert llm.create_completion("Hello", max_tokens=4, temperature=0)["choices"][0]["text"] is not None
+    finally:
+        llm.close()
+
+
 # --- what the file says, read back with gguf's own reader --------------------------------------------------
 
 

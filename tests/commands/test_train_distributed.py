@@ -97,7 +97,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(train_recipe, torch_extens
 
 
 def test_a_cut_short_newest_checkpoint_is_skipped_on_resume(train_recipe, torch_extensions_dir):
-    from finetune.runs.read import COMPLETE_MARKER
+    from finetune.runs.layout import COMPLETE_MARKER
 
     recipe = train_recipe("damaged", max_steps=3, save_steps=1, gradient_accumulation_steps=1)
     out = run_output_dir(recipe)
@@ -114,6 +114,33 @@ def test_a_cut_short_newest_checkpoint_is_skipped_on_resume(train_recipe, torch_
     assert f"resuming from {out / 'checkpoint-2'}" in done.stderr
     assert json.loads((out / "run_summary.json").read_text())["steps"] == 3
     assert step_losses(out / "checkpoint-3")[-1] and (out / "checkpoint-3" / COMPLETE_MARKER).is_file()
+
+
+def test_a_cut_deepspeed_optimizer_shard_is_skipped_on_resume(train_recipe, torch_extensions_dir):
+    """ZeRO-2 on 2 processes: each rank writes its own optimizer shard under checkpoint-N/global_stepN/. The seal
+    lists them all (rank 1's included) with their sizes; one cut in half makes the resume fall back a checkpoint
+    instead of dying in torch.load on every rank."""
+    from finetune.runs.checkpoints import sealed_files
+    from finetune.runs.layout import COMPLETE_MARKER
+
+    recipe = train_recipe("zero2-damaged", max_steps=3, save_steps=1, gradient_accumulation_steps=1,
+                          deepspeed="/path/to/deepspeed_configs/zero2.json")
+    out = run_output_dir(recipe)
+    env = launch_env(torch_extensions_dir)
+    train_cli(recipe, "--num-processes", "2", env=env)
+    shards = sorted((out / "checkpoint-3").glob("global_step3/*optim_states.pt"))
+    assert len(shards) == 2, sorted(p.name for p in (out / "checkpoint-3").rglob("*"))
+    recorded = sealed_files(out / "checkpoint-3")
+    assert all(recorded[str(p.relative_to(out / "checkpoint-3"))] == p.stat().st_size for p in shards)
+    (out / "run_summary.json").unlink()  # as if the run had died after saving checkpoint-3
+    shards[-1].write_bytes(shards[-1].read_bytes()[: shards[-1].stat().st_size // 2])
+
+    done = train_cli(recipe, "--num-processes", "2", env=env)
+    assert "Traceback" not in done.stderr and "Invalid argument" not in done.stderr
+    assert "skipping damaged checkpoint" in done.stderr and shards[-1].name in done.stderr
+    assert f"resuming from {out / 'checkpoint-2'}" in done.stderr
+    assert json.loads((out / "run_summary.json").read_text())["steps"] == 3
+    assert (out / "checkpoint-3" / COMPLETE_MARKER).is_file()
 
 
 def _free_port() -> int:

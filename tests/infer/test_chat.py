@@ -110,6 +110,40 @@ def test_generation_stops_at_end_of_turn(make_adapter_run: Any) -> None:
     assert answer(chat, messages, Sampling(temperature=0, max_new_tokens=6)) == ""
 
 
+def test_generation_stops_at_a_text_end_of_turn_and_never_shows_it(chat: Any) -> None:
+    """chatml's `<|im_end|>` on a Llama 3 tokenizer is text (several tokens): no stop id sees it. Here the stop
+    string is a piece of the model's own greedy reply, so where it would stop is known."""
+    import dataclasses
+
+    messages = [{"role": "user", "content": QUESTION}]
+    greedy = Sampling(temperature=0, max_new_tokens=24)
+    free_chat = dataclasses.replace(chat, stop_strings=[])
+    free = answer(free_chat, messages, greedy)
+    assert free_chat.last_new_tokens == 24  # the tiny model never ends by itself
+    start = next(k for k in range(len(free) // 3, len(free) - 4) if free.find(free[k:k + 4]) == k
+                 and free[k:k + 4].strip() == free[k:k + 4])
+    stop = free[start:start + 4]
+    stopping = dataclasses.replace(chat, stop_strings=[stop, "<|never|>"])
+    streamed = io.StringIO()
+    reply = answer(stopping, messages, greedy, stream=streamed)
+    assert reply == free[:start].strip()
+    assert stopping.last_new_tokens < 24  # generation stopped there, it was not only cut afterwards
+    assert stop not in streamed.getvalue() and streamed.getvalue().strip() == reply
+
+
+def test_a_chatml_run_on_a_llama3_tokenizer_stops_on_im_end(chat: Any) -> None:
+    import copy
+
+    from finetune.data.templates import CHATML_JINJA
+    from finetune.runs.read import stop_strings
+
+    tokenizer = copy.deepcopy(chat.tokenizer)
+    tokenizer.chat_template = CHATML_JINJA
+    assert len(tokenizer("<|im_end|>", add_special_tokens=False).input_ids) > 1  # text, not a token
+    assert stop_strings(tokenizer) == ["<|im_end|>", "<|eot_id|>"]
+    assert stop_strings(chat.tokenizer) == ["<|eot_id|>"]
+
+
 def test_file_writes_one_jsonl_answer_per_prompt(run: tuple[Path, Any], tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
     rows = [{"prompt": QUESTION, "id": 1},

@@ -121,13 +121,15 @@ def test_other_damage_also_falls_back(tmp_path, damage):
 
 
 def test_a_deepspeed_checkpoint_without_gathered_weights_is_resumed(tmp_path):
+    import torch
+
     # ZeRO-3 with stage3_gather_16bit_weights_on_model_save false keeps the weights in DeepSpeed's own state.
     _checkpoint(tmp_path, 1)
     newest = _checkpoint(tmp_path, 2)
     (newest / "adapter_model.safetensors").unlink()
     assert checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]  # no weights and no DeepSpeed state: damaged
     (newest / "global_step2").mkdir()
-    (newest / "global_step2" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"state")
+    torch.save({"module": None}, newest / "global_step2" / "zero_pp_rank_0_mp_rank_00_model_states.pt")
     (newest / "latest").write_text("global_step2")
     assert decide_output_dir(tmp_path, resume=True, overwrite=False).resume_from == newest
 
@@ -144,14 +146,97 @@ def test_a_named_damaged_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_sealed_and_legacy_checkpoints_are_both_resumed(tmp_path):
-    from finetune.runs.read import COMPLETE_MARKER
     from finetune.runs.checkpoints import seal_checkpoint
+    from finetune.runs.layout import COMPLETE_MARKER
 
     legacy = _checkpoint(tmp_path, 1)
     sealed = _checkpoint(tmp_path, 2)
     marker = seal_checkpoint(sealed)
     assert marker == sealed / COMPLETE_MARKER and marker.is_file() and not (legacy / COMPLETE_MARKER).exists()
     assert checkpoints(tmp_path) == [legacy, sealed]
+
+
+def _deepspeed_checkpoint(out: Path, step: int) -> Path:
+    """A ZeRO checkpoint as the Trainer + DeepSpeed write it: adapter, trainer state, and `global_stepN/` shards."""
+    import torch
+
+    path = _checkpoint(out, step)
+    shards = path / f"global_step{step}"
+    shards.mkdir()
+    for rank in (0, 1):
+        torch.save({"optimizer_state_dict": {"exp_avg": torch.randn(4096)}},
+                   shards / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    torch.save({"module": None}, shards / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    (path / "latest").write_text(shards.name)
+    return path
+
+
+def _cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "older run, no marker"])
+def test_a_cut_deepspeed_optimizer_shard_is_skipped_for_the_previous_checkpoint(tmp_path, caplog, sealed):
+    from finetune.runs.checkpoints import seal_checkpoint
+
+    previous, damaged = _deepspeed_checkpoint(tmp_path, 1), _deepspeed_checkpoint(tmp_path, 2)
+    if sealed:
+        seal_checkpoint(previous), seal_checkpoint(damaged)
+    _cut_in_half(damaged / "global_step2" / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    with caplog.at_level(logging.WARNING, logger="finetune.train.resilience"):
+        plan = decide_output_dir(tmp_path, resume=True, overwrite=False)
+    assert plan.resume_from == previous
+    assert damaged in plan.remove
+    assert "skipping damaged checkpoint" in caplog.text and "checkpoint-2" in caplog.text
+    assert "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt" in caplog.text
+
+
+def test_the_seal_records_every_file_and_catches_a_cut_that_still_parses(tmp_path):
+    """A file that still parses after damage (here: a JSON scheduler state cut to a shorter valid JSON) is
+    only caught by the sizes the seal recorded."""
+    from finetune.runs.checkpoints import checkpoint_files, sealed_files, seal_checkpoint, verify_checkpoint
+    from finetune.errors import DataError
+
+    checkpoint = _deepspeed_checkpoint(tmp_path, 3)
+    (checkpoint / "extra_state.json").write_text('{"a": 1, "b": 2}')
+    seal_checkpoint(checkpoint)
+    recorded = sealed_files(checkpoint)
+    assert recorded == checkpoint_files(checkpoint)
+    assert "global_step3/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt" in recorded
+    verify_checkpoint(checkpoint)
+    (checkpoint / "extra_state.json").write_text('{"a": 1}')
+    with pytest.raises(DataError, match=r"extra_state\.json is damaged: 8 bytes, 16 when the checkpoint was sealed"):
+        verify_checkpoint(checkpoint)
+    (checkpoint / "extra_state.json").unlink()
+    with pytest.raises(DataError, match=r"extra_state\.json is missing"):
+        verify_checkpoint(checkpoint)
+
+
+def test_once_a_run_seals_a_later_checkpoint_without_its_marker_is_skipped(tmp_path, caplog):
+    from finetune.runs.checkpoints import seal_checkpoint
+
+    first, second = _checkpoint(tmp_path, 1), _checkpoint(tmp_path, 2)
+    seal_checkpoint(first)
+    with caplog.at_level(logging.WARNING, logger="finetune.train.resilience"):
+        assert checkpoints(tmp_path) == [first]
+    assert "checkpoint-2" in caplog.text and "no .complete marker" in caplog.text
+
+
+def test_the_text_marker_of_earlier_versions_is_accepted(tmp_path):
+    from finetune.runs.layout import COMPLETE_MARKER
+
+    first = _checkpoint(tmp_path, 1)
+    (first / COMPLETE_MARKER).write_text("every file of this checkpoint was on disk before this one was written\n")
+    assert checkpoints(tmp_path) == [first]
+
+
+def test_a_stray_checkpoint_named_directory_is_ignored(tmp_path):
+    first = _checkpoint(tmp_path, 1)
+    (tmp_path / "checkpoint-x").mkdir()
+    (tmp_path / "checkpoint-best").mkdir()
+    plan = decide_output_dir(tmp_path, resume=True, overwrite=False)
+    assert plan.resume_from == first and plan.remove == []
 
 
 # --- signals -------------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 1. The run is merged as `finetune merge` merges it (LoRA, DoRA, rsLoRA, modules_to_save; QLoRA into the
    NF4-round-tripped base) into a temporary safetensors folder next to the output, in float32 for `f32`, bfloat16
-   for `bf16` and float16 otherwise; an up-to-date `output_dir/merged` of that dtype is used as it is. A full
+   for `bf16` and float16 otherwise; `output_dir/merged` is used as it is only when its `merged_from.json` says it is
+   this adapter (path and weights hash) merged into this base in that dtype. A full
    fine-tune's output_dir is already a model.
-2. `finetune.export.gguf_llama` writes the GGUF tensor by tensor (f32, f16, bf16, q8_0, q4_0). The K-quants
+2. `finetune.export.gguf_llama` writes the GGUF tensor by tensor (f32, f16, bf16, q8_0, q4_0; in q4_0 the output
+   embedding is Q6_K, as llama.cpp's own quantizer stores it). The K-quants
    (q4_k_m, q5_k_m, q6_k) are llama.cpp's own quantizer, called as a library through llama-cpp-python, from an
    f16 GGUF that is then removed.
 3. Everything is written under temporary names and renamed at the end: an error, a full disk or Ctrl-C leaves no
@@ -20,13 +22,18 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional
+from types import ModuleType
+from typing import Callable, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError
-from finetune.export.gguf_llama import PYTHON_TYPES, ExportError, check_architecture, read_vocab, write_gguf
+from finetune.export.gguf_llama import PYTHON_TYPES, ExportError, Vocab, check_architecture, read_vocab, write_gguf
 # The one place export reads a finished run (its directory, base, merge, tokenizer's end-of-turn tokens) from.
-from finetune.export.merge import merge_adapter
+from finetune.export.modelfile import modelfile_stops, modelfile_text
+from finetune.export.merge import MergeDtype, merge_adapter, merge_record, read_merge_record
+from finetune.model.load import compute_dtype
+from finetune.runs.atomic import DISK_FULL, atomic_path, temp_path, write_text
+from finetune.runs.layout import GGUF_DIR, MERGED_DIR, MODEL_CONFIG, MODELFILE
 from finetune.runs.read import (END_OF_TURN_MARKERS, base_model_dir, read_json, resolve_adapter_dir, stop_token_ids,
                              verify_weights)
 
@@ -55,44 +62,35 @@ def export_gguf(settings: Settings, quant: str, *, adapter_dir: str | Path | Non
     check_architecture(base_config, f"{settings.where('base_model')}: {settings.base_model}")
 
     run_dir = _run_dir(settings, adapter_dir)
-    out_dir = Path(settings.output_dir) / "gguf"
+    out_dir = Path(settings.output_dir) / GGUF_DIR
     name = Path(settings.output_dir).resolve().name
     final = out_dir / f"{name}-{quant}.gguf"
-    pid = os.getpid()
-    tmp = out_dir / f".{final.name}.tmp-{pid}"
-    f16_tmp = out_dir / f".{final.name}.f16.tmp-{pid}"
-    merge_tmp = out_dir / f".merged.tmp-{pid}"
+    f16_tmp = temp_path(out_dir / f"{final.name}.f16")
+    merge_tmp = temp_path(out_dir / MERGED_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        model_dir = _merged_model(settings, run_dir, adapter_dir, MERGE_DTYPES.get(quant, "fp16"), merge_tmp)
-        vocab, stop_tokens, template = _vocab(model_dir, run_dir)
-        progress = on_tensor or _progress_notice(final.name)
-        if llama_cpp is None:
-            write_gguf(tmp, model_dir, vocab, name, quant, progress)
-        else:
-            write_gguf(f16_tmp, model_dir, vocab, name, "f16", progress)
-            shutil.rmtree(merge_tmp, ignore_errors=True)  # free the disk before quantizing
-            _quantize(llama_cpp, f16_tmp, tmp, K_QUANTS[quant])
-            f16_tmp.unlink()
-        _fsync(tmp)
-        os.replace(tmp, final)
-        from finetune.export.modelfile import modelfile_text
-
-        write_text_atomically(out_dir / "Modelfile", modelfile_text(f"./{final.name}", template, stop_tokens))
+        with atomic_path(final) as tmp:
+            model_dir = _merged_model(settings, run_dir, MERGE_DTYPES.get(quant, "fp16"), merge_tmp)
+            vocab, stop_tokens, template = _vocab(model_dir, run_dir)
+            progress = on_tensor or _progress_notice(final.name)
+            if llama_cpp is None:
+                write_gguf(tmp, model_dir, vocab, name, quant, progress)
+            else:
+                write_gguf(f16_tmp, model_dir, vocab, name, "f16", progress)
+                shutil.rmtree(merge_tmp, ignore_errors=True)  # free the disk before quantizing
+                _quantize(llama_cpp, f16_tmp, tmp, K_QUANTS[quant])
+                f16_tmp.unlink()
+        write_text(out_dir / MODELFILE, modelfile_text(f"./{final.name}", template, stop_tokens))
     except OSError as exc:
         if exc.errno in DISK_FULL:
             raise disk_full_error(out_dir, final.name) from None
         raise
     finally:
-        for path in (tmp, f16_tmp):
-            path.unlink(missing_ok=True)
+        f16_tmp.unlink(missing_ok=True)
         shutil.rmtree(merge_tmp, ignore_errors=True)
     logger.info("wrote %s (%.2f GB); `ollama create %s -f %s` makes it an Ollama model", final,
                 final.stat().st_size / 1e9, name, out_dir / "Modelfile")
     return final
-
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def disk_full_error(out_dir: Path, name: str) -> ExportError:
@@ -113,41 +111,47 @@ def _run_dir(settings: Settings, adapter_dir: str | Path | None) -> Path:
         raise ExportError(str(exc)) from None
 
 
-def _merged_model(settings: Settings, run_dir: Path, adapter_dir: str | Path | None, dtype: str,
-                  merge_tmp: Path) -> Path:
-    """A safetensors model folder to export: the full fine-tune, a fresh `output_dir/merged`, or a merge into
-    `merge_tmp`."""
-    from finetune.export.safetensors_stream import INDEX_FILE
-
+def _merged_model(settings: Settings, run_dir: Path, dtype: MergeDtype, merge_tmp: Path) -> Path:
+    """A safetensors model folder to export: the full fine-tune; `output_dir/merged` when its record
+    (`merge_record`: adapter path, adapter weights hash, base, dtype) says it is this adapter merged in this
+    dtype; else a fresh merge into `merge_tmp`."""
     if settings.adapter is None:
         return run_dir
-    merged = Path(settings.output_dir) / "merged"
-    torch_name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
-    adapter_file = run_dir / "adapter_model.safetensors"
-    if (adapter_dir is None and (merged / INDEX_FILE).is_file() and adapter_file.is_file()
-            and _read_config(merged).get("dtype") == torch_name
-            and (merged / INDEX_FILE).stat().st_mtime >= adapter_file.stat().st_mtime):
-        logger.info("using the merged model in %s (newer than the adapter, %s)", merged, dtype)
+    merged = Path(settings.output_dir) / MERGED_DIR
+    nf4_dtype = compute_dtype(settings) if settings.load_in_4bit else None
+    wanted = merge_record(run_dir, settings.base_model, dtype, nf4_dtype)
+    found = read_merge_record(merged)
+    if found == wanted:
+        verify_weights(merged)
+        logger.info("using the merged model in %s (this adapter, %s)", merged, dtype)
         return merged
+    if found is not None or merged.is_dir():
+        logger.info("not using %s: it was merged from %s; merging %s again", merged,
+                    _describe(found) if found else "an unrecorded adapter (an older finetune)", run_dir)
     return merge_adapter(settings, adapter_dir=run_dir, out_dir=merge_tmp, dtype=dtype)
+
+
+def _describe(record: dict) -> str:
+    return (f"{record.get('adapter')} (sha256 {str(record.get('adapter_sha256'))[:12]}, {record.get('dtype')}, "
+            f"base {record.get('base_model')})")
 
 
 def _full_model_dir(settings: Settings, adapter_dir: str | Path | None) -> Path:
     path = Path(adapter_dir if adapter_dir is not None else settings.output_dir)
-    if not (path / "config.json").is_file():
+    if not (path / MODEL_CONFIG).is_file():
         raise ExportError(f"no trained model in {path} (config.json missing): run `finetune train` first")
     verify_weights(path)  # a cut-short or missing shard is an error naming the file, not a traceback later
     return path
 
 
 def _read_config(model_dir: Path) -> dict:
-    path = Path(model_dir) / "config.json"
+    path = Path(model_dir) / MODEL_CONFIG
     if not path.is_file():
         raise ExportError(f"{path} is missing")
     return read_json(path)
 
 
-def _vocab(model_dir: Path, run_dir: Path) -> tuple[Any, list[str], Optional[str]]:
+def _vocab(model_dir: Path, run_dir: Path) -> tuple[Vocab, list[str], Optional[str]]:
     """(the GGUF vocabulary, the stop token strings, the chat template) from the exported model's tokenizer."""
     from transformers import AutoTokenizer
 
@@ -160,10 +164,10 @@ def _vocab(model_dir: Path, run_dir: Path) -> tuple[Any, list[str], Optional[str
     markers = [vocab_ids[m] for m in END_OF_TURN_MARKERS if template and m in template and m in vocab_ids]
     rows = _read_config(model_dir)["vocab_size"]
     vocab = read_vocab(tokenizer, model_dir, rows, eos=stop[0], eot=(markers or stop)[0])
-    return vocab, [tokenizer.convert_ids_to_tokens(i) for i in stop], template
+    return vocab, modelfile_stops(tokenizer, stop), template
 
 
-def _quantize(llama_cpp: Any, source: Path, target: Path, ftype_name: str) -> None:
+def _quantize(llama_cpp: ModuleType, source: Path, target: Path, ftype_name: str) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, ftype_name)
     params.nthread = os.cpu_count() or 1
@@ -183,20 +187,6 @@ def _progress_notice(label: str) -> Callable[[int, int], None]:
     return notice
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _require_gguf() -> None:
     import importlib.util
 
@@ -204,7 +194,7 @@ def _require_gguf() -> None:
         raise MissingDependencyError(f"finetune export needs llama.cpp's gguf package: {LLAMA_CPP_HINT}")
 
 
-def _require_llama_cpp(quant: str) -> Any:
+def _require_llama_cpp(quant: str) -> ModuleType:
     try:
         import llama_cpp
     except ImportError:

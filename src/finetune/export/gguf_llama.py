@@ -27,9 +27,16 @@ import re
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from finetune.errors import FinetuneError
+from finetune.export.safetensors_stream import weight_files
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from transformers import PreTrainedTokenizerBase
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 LAYER_NAMES = {
@@ -139,7 +146,7 @@ def gguf_name(key: str) -> Optional[str]:
     raise ExportError(f"tensor `{key}` has no llama.cpp equivalent: only plain Llama checkpoints can be exported")
 
 
-def permute_rows(weight: Any, heads: int) -> Any:
+def permute_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """Q/K rows (numpy or torch) from Hugging Face's half-split RoPE layout to llama.cpp's interleaved one."""
     rows = weight.shape[0]
     if rows % (2 * heads):
@@ -150,7 +157,7 @@ def permute_rows(weight: Any, heads: int) -> Any:
 # --- the tokenizer --------------------------------------------------------------------------------------
 
 
-def read_vocab(tokenizer: Any, model_dir: Path, vocab_size: int, eos: int, eot: int) -> Vocab:
+def read_vocab(tokenizer: PreTrainedTokenizerBase, model_dir: Path, vocab_size: int, eos: int, eot: int) -> Vocab:
     """The tokenizer as llama.cpp's BPE vocabulary; ExportError unless it pre-tokenizes like Llama 3."""
     from gguf import TokenType
 
@@ -189,7 +196,7 @@ def read_vocab(tokenizer: Any, model_dir: Path, vocab_size: int, eos: int, eot: 
                  add_bos=_adds_bos(tokenizer, template), chat_template=template)
 
 
-def _adds_bos(tokenizer: Any, template: Optional[str]) -> bool:
+def _adds_bos(tokenizer: PreTrainedTokenizerBase, template: Optional[str]) -> bool:
     """Whether prompts start with BOS: as the chat template renders them (training tokenized its output with no
     extra special tokens), else as the tokenizer encodes. llama.cpp adds it (and drops a rendered one) when true."""
     if tokenizer.bos_token_id is None:
@@ -204,14 +211,56 @@ def _adds_bos(tokenizer: Any, template: Optional[str]) -> bool:
 # --- writing --------------------------------------------------------------------------------------------
 
 
-def tensor_type(name: str, shape: list[int], quant: str) -> Any:
-    """The GGML type a tensor is stored in: 1-D and norms float32; rows that do not fill quant blocks float16."""
+def tensor_type(name: str, shape: list[int], quant: str, *, tied: bool = False) -> GGMLQuantizationType:
+    """The GGML type a tensor is stored in: 1-D and norms float32; rows that do not fill quant blocks float16.
+
+    The output embedding (`output.weight`, or `token_embd.weight` when `tied`: llama.cpp then uses it as the
+    output) follows llama.cpp's quantizer (`llama_tensor_get_type`): in a quantized file other than Q8_0 it is
+    Q6_K, or Q8_0 when its rows do not fill Q6_K's 256-value blocks (F16 when not even Q8_0's 32)."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     if len(shape) == 1 or name.endswith("_norm.weight") or quant == "f32":
         return GGMLQuantizationType.F32
     qtype = GGMLQuantizationType[PYTHON_TYPES[quant][0]]
+    output = name == "output.weight" or (tied and name == "token_embd.weight")
+    if output and quant not in ("f16", "bf16", "q8_0"):
+        for promoted in (GGMLQuantizationType.Q6_K, GGMLQuantizationType.Q8_0):
+            if shape[-1] % GGML_QUANT_SIZES[promoted][0] == 0:
+                return promoted
+        return GGMLQuantizationType.F16
     return GGMLQuantizationType.F16 if shape[-1] % GGML_QUANT_SIZES[qtype][0] else qtype
+
+
+def quantize_q6_k(rows: np.ndarray) -> np.ndarray:
+    """float32 rows (each a multiple of 256 long) as GGML Q6_K blocks, laid out as llama.cpp's `block_q6_K`:
+    128 bytes of low 4 bits, 64 of high 2 bits, 16 int8 sub-block scales, the float16 super-block scale.
+
+    Each 16-value sub-block's scale maps its largest-magnitude value to -32 (6-bit signed range -32..31); the
+    16 scales are stored as int8 of one float16 scale per 256 values. llama.cpp's reference also searches a few
+    nearby scales for the least squared error; this is the plain rounding (same format, error within a scale step).
+    gguf's Python package reads Q6_K but cannot write it."""
+    import numpy as np
+
+    x = np.asarray(rows, dtype=np.float32).reshape(-1, 256)
+    sub = x.reshape(-1, 16, 16)
+    pick = np.abs(sub).argmax(axis=2)[..., None]
+    scales = np.take_along_axis(sub, pick, axis=2)[..., 0] / -32.0  # (blocks, 16), signed
+    big = np.take_along_axis(scales, np.abs(scales).argmax(axis=1)[:, None], axis=1)[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = np.where(big != 0, -128.0 / big, 0.0)
+    d = np.where(big != 0, 1.0 / np.where(iscale != 0, iscale, 1.0), 0.0).astype(np.float16)
+    sc = np.clip(np.rint(iscale[:, None] * scales), -128, 127).astype(np.int8)
+    step = d.astype(np.float32)[:, None] * sc.astype(np.float32)  # (blocks, 16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(step[..., None] != 0, np.rint(sub / step[..., None]), 0.0)
+    q = (np.clip(q, -32, 31) + 32).astype(np.uint8).reshape(-1, 2, 4, 32)  # (blocks, half, quarter, l)
+    ql = np.concatenate([(q[:, :, 0] & 0xF) | ((q[:, :, 2] & 0xF) << 4),
+                         (q[:, :, 1] & 0xF) | ((q[:, :, 3] & 0xF) << 4)], axis=2).reshape(-1, 128)
+    qh = ((q[:, :, 0] >> 4) | ((q[:, :, 1] >> 4) << 2) | ((q[:, :, 2] >> 4) << 4)
+          | ((q[:, :, 3] >> 4) << 6)).reshape(-1, 64)
+    blocks = np.concatenate([ql, qh, sc.view(np.uint8), d.view(np.uint8).reshape(-1, 2)], axis=1)
+    shape = np.shape(rows)
+    return blocks.reshape(*shape[:-1], shape[-1] // 256 * 210)
 
 
 def write_gguf(path: Path, model_dir: Path, vocab: Vocab, name: str, quant: str,
@@ -220,8 +269,6 @@ def write_gguf(path: Path, model_dir: Path, vocab: Vocab, name: str, quant: str,
     import gguf
     import numpy as np
     from safetensors import safe_open
-
-    from finetune.export.safetensors_stream import weight_files
 
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_architecture(config, str(model_dir / "config.json"))
@@ -239,7 +286,7 @@ def write_gguf(path: Path, model_dir: Path, vocab: Vocab, name: str, quant: str,
     _write_metadata(writer, config, vocab, name, int(gguf.LlamaFileType[PYTHON_TYPES[quant][1]]))
     types = {}
     for gname, key in plan:
-        qtype = types[gname] = tensor_type(gname, shapes[key], quant)
+        qtype = types[gname] = tensor_type(gname, shapes[key], quant, tied="output.weight" not in dict(plan))
         byte_shape = gguf.quant_shape_to_byte_shape(shapes[key], qtype)
         writer.add_tensor_info(gname, byte_shape, np.dtype(np.uint8), math.prod(byte_shape), raw_dtype=qtype)
     try:
@@ -263,7 +310,7 @@ def write_gguf(path: Path, model_dir: Path, vocab: Vocab, name: str, quant: str,
         writer.close()
 
 
-def _write_metadata(writer: Any, config: dict, vocab: Vocab, name: str, file_type: int) -> None:
+def _write_metadata(writer: GGUFWriter, config: dict, vocab: Vocab, name: str, file_type: int) -> None:
     import gguf
 
     writer.add_name(name)
@@ -299,7 +346,7 @@ def _write_metadata(writer: Any, config: dict, vocab: Vocab, name: str, file_typ
         writer.add_chat_template(vocab.chat_template)
 
 
-def convert_tensor(piece: Any, shape: list[int], qtype: Any, group_rows: int) -> Any:
+def convert_tensor(piece: Any, shape: list[int], qtype: GGMLQuantizationType, group_rows: int) -> np.ndarray:
     """One tensor in its GGML type, converted a block of rows at a time (Q/K permuted per head of `group_rows`)."""
     import gguf
     import numpy as np
@@ -323,6 +370,8 @@ def convert_tensor(piece: Any, shape: list[int], qtype: Any, group_rows: int) ->
             encoded = array.astype(np.float16).view(np.uint8)
         elif qtype == gguf.GGMLQuantizationType.BF16:
             encoded = block.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint8)
+        elif qtype == gguf.GGMLQuantizationType.Q6_K:
+            encoded = quantize_q6_k(array)
         else:
             encoded = gguf.quants.quantize(array, qtype)
         out_rows[start:start + block.shape[0]] = encoded.reshape(block.shape[0] if len(shape) > 1 else 1, -1)

@@ -20,16 +20,21 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError
-from finetune.export.command import DISK_FULL, write_text_atomically, disk_full_error
-from finetune.export.gguf_llama import ExportError, check_architecture, gguf_name, head_dim, tensor_type
+from finetune.export.command import disk_full_error
+from finetune.export.modelfile import modelfile_stops, modelfile_text
+from finetune.export.gguf_llama import ExportError, check_architecture, convert_tensor, gguf_name, head_dim, tensor_type
+from finetune.runs.atomic import DISK_FULL, atomic_path, write_text
+from finetune.runs.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GGUF_DIR, MODEL_CONFIG, MODELFILE
 from finetune.runs.read import base_model_dir, read_json, resolve_adapter_dir, stop_token_ids, verify_safetensors
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -52,41 +57,36 @@ def export_lora_gguf(settings: Settings, quant: str, *, adapter_dir: str | Path 
         run_dir = resolve_adapter_dir(settings, adapter_dir)
     except FinetuneError as exc:
         raise ExportError(str(exc)) from None
-    base_config = read_json(base_model_dir(settings) / "config.json")
+    base_config = read_json(base_model_dir(settings) / MODEL_CONFIG)
     check_architecture(base_config, f"{settings.where('base_model')}: {settings.base_model}")
     tensors, alpha = read_lora(run_dir, base_config)
 
-    out_dir = Path(settings.output_dir) / "gguf"
+    out_dir = Path(settings.output_dir) / GGUF_DIR
     name = Path(settings.output_dir).resolve().name
     final = out_dir / f"{name}-lora-{quant}.gguf"
-    tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        write_lora_gguf(tmp, tensors, base_config, alpha, name, quant)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            write_lora_gguf(tmp, tensors, base_config, alpha, name, quant)
         if base_gguf is not None:
             _write_modelfile(out_dir, final.name, Path(base_gguf), run_dir)
     except OSError as exc:
         if exc.errno in DISK_FULL:
             raise disk_full_error(out_dir, final.name) from None
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("wrote %s (%.1f MB): llama.cpp `--lora %s` on a GGUF of %s%s", final, final.stat().st_size / 1e6,
                 final.name, settings.base_model,
                 "" if base_gguf is not None else "; pass --base-gguf FILE for an Ollama Modelfile that stacks them")
     return final
 
 
-def read_lora(run_dir: Path, base_config: dict) -> tuple[dict[str, tuple[Any, Any]], float]:
+def read_lora(run_dir: Path, base_config: dict) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
     """{HF weight key: (lora_A, lora_B)} in float32, and the alpha that gives PEFT's scale under llama.cpp's
     alpha / r; ExportError for anything a llama.cpp adapter cannot hold."""
     from safetensors.torch import load_file
 
-    config = read_json(run_dir / "adapter_config.json")
-    where = run_dir / "adapter_config.json"
+    config = read_json(run_dir / ADAPTER_CONFIG)
+    where = run_dir / ADAPTER_CONFIG
     if config.get("use_dora"):
         raise ExportError(f"{where}: a DoRA adapter (peft_use_dora) cannot be a llama.cpp LoRA adapter, which has "
                           "no magnitude vector; export the merged model instead (drop --adapter-only)")
@@ -96,7 +96,7 @@ def read_lora(run_dir: Path, base_config: dict) -> tuple[dict[str, tuple[Any, An
                           "instead (drop --adapter-only)")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise ExportError(f"{where}: per-module rank_pattern/alpha_pattern; a llama.cpp adapter has one alpha")
-    weights = run_dir / "adapter_model.safetensors"
+    weights = run_dir / ADAPTER_WEIGHTS
     verify_safetensors(weights)
     pairs: dict[str, dict[str, Any]] = {}
     for key, value in load_file(str(weights)).items():
@@ -125,13 +125,11 @@ def read_lora(run_dir: Path, base_config: dict) -> tuple[dict[str, tuple[Any, An
     return tensors, alpha
 
 
-def write_lora_gguf(path: Path, tensors: dict[str, tuple[Any, Any]], base_config: dict, alpha: float, name: str,
+def write_lora_gguf(path: Path, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], base_config: dict, alpha: float, name: str,
                     quant: str, progress: Optional[Callable[[int, int], None]] = None) -> None:
     """Write `tensors` ({HF key: (lora_A, lora_B)}) as a llama.cpp LoRA adapter GGUF at `path`."""
     import gguf
     import numpy as np
-
-    from finetune.export.gguf_llama import convert_tensor
 
     heads = base_config["num_attention_heads"]
     kv_heads = base_config.get("num_key_value_heads") or heads
@@ -175,13 +173,11 @@ def _write_modelfile(out_dir: Path, adapter_name: str, base_gguf: Path, run_dir:
     """A Modelfile: FROM the given base, ADAPTER beside it, the training template and stop tokens."""
     from transformers import AutoTokenizer
 
-    from finetune.export.modelfile import modelfile_text
-
     if not base_gguf.is_file():
         raise ExportError(f"--base-gguf {base_gguf}: no such file (a GGUF of the base model, e.g. from "
                           "`finetune export` of the base or llama.cpp's convert_hf_to_gguf.py)")
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    stop = [tokenizer.convert_ids_to_tokens(i) for i in stop_token_ids(tokenizer, None, run_dir)]
+    stop = modelfile_stops(tokenizer, stop_token_ids(tokenizer, None, run_dir))
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     text = modelfile_text(str(base_gguf.resolve()), template, stop, adapter=f"./{adapter_name}")
-    write_text_atomically(out_dir / "Modelfile", text)
+    write_text(out_dir / MODELFILE, text)

@@ -30,23 +30,29 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError, MissingDependencyError, RecipeError
+from finetune.model.load import compute_dtype
 from finetune.model.shapes import NF4_BLOCK
 from finetune.model.tokenizer import eos_ids
+from finetune.runs.atomic import atomic_path
+from finetune.runs.layout import ADAPTER_WEIGHTS, GENERATION_CONFIG, MERGE_SOURCE, MERGED_DIR, MODEL_CONFIG
 from finetune.runs.read import base_model_dir, load_run_tokenizer, read_adapter_config, read_json, resolve_adapter_dir
 from finetune.export.safetensors_stream import (FLOAT_CODES, INDEX_FILE, st_code, weight_files, write_index,
                                          write_sharded)
 from finetune.config.sizes import parse_size
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ class MergeMonitor:
     read: int = 0
     written: int = 0
 
-    def hold(self, tensor: Any) -> Any:
+    def hold(self, tensor: torch.Tensor) -> torch.Tensor:
         size = tensor.numel() * tensor.element_size()
         self.live += 1
         self.live_bytes += size
@@ -115,7 +121,7 @@ def merge_adapter(
     out_dir: str | Path | None = None,
     dtype: MergeDtype = "bf16",
     max_shard_size: int | str = "2GB",
-    quant_dtype: Any = None,
+    quant_dtype: torch.dtype | None = None,
     monitor: MergeMonitor | None = None,
 ) -> Path:
     """Merge the run's adapter into the base and write a standalone model to `out_dir` (default `output_dir/merged`).
@@ -140,25 +146,24 @@ def merge_adapter(
         raise FinetuneError(f"--dtype {dtype}: expected bf16 or fp16")
     shard_bytes = parse_size(max_shard_size, what="--max-shard-size")
     adapter_dir = resolve_adapter_dir(settings, adapter_dir)
-    out_dir = Path(out_dir) if out_dir is not None else Path(settings.output_dir) / "merged"
+    out_dir = Path(out_dir) if out_dir is not None else Path(settings.output_dir) / MERGED_DIR
     base_dir = base_model_dir(settings)
     adapter_config = read_adapter_config(adapter_dir)
     tokenizer = load_run_tokenizer(settings, adapter_dir)
-    base_config = read_json(base_dir / "config.json")
+    base_config = read_json(base_dir / MODEL_CONFIG)
     base_files = _base_weight_files(base_dir, settings)
     monitor = monitor or MergeMonitor()
     if settings.load_in_4bit:
         _require_bitsandbytes(settings)
         if quant_dtype is None:
-            from finetune.model.load import compute_dtype
-
             quant_dtype = compute_dtype(settings)
 
     logger.info("merging the adapter from %s into %s (%s), writing %s", adapter_dir, base_dir, dtype, out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    _check_replaceable(out_dir)
+    record = merge_record(adapter_dir, settings.base_model, dtype, quant_dtype if settings.load_in_4bit else None)
+    with atomic_path(out_dir) as tmp:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed merge of this pid
+        tmp.mkdir(parents=True)
         with ExitStack() as stack:
             handles: dict[Path, Any] = {}
 
@@ -168,7 +173,7 @@ def merge_adapter(
                     handles[path] = stack.enter_context(safe_open(str(path), framework="pt"))
                 return handles[path]
 
-            adapter = stack.enter_context(safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt"))
+            adapter = stack.enter_context(safe_open(str(adapter_dir / ADAPTER_WEIGHTS), framework="pt"))
             plan = _plan(settings, base_config, base_files, base_file, adapter, adapter_config)
             out_codes = {k: (st_code(out_torch) if c in FLOAT_CODES else c) for k, c in plan.codes.items()}
 
@@ -192,9 +197,7 @@ def merge_adapter(
         tokenizer.save_pretrained(tmp)
         for code in base_dir.glob("*.py"):  # custom modelling code (trust_remote_code)
             shutil.copy2(code, tmp / code.name)
-        _replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / MERGE_SOURCE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     kind = "DoRA" if adapter_config.get("use_dora") else "LoRA"
     logger.info(f"merged the {kind} adapter from {adapter_dir} into {out_dir} ({len(weight_map)} tensors, "
                 f"{shard_count} shard(s), {total / 1e9:.2f} GB, {dtype})")
@@ -264,8 +267,8 @@ def _plan(settings: Settings, base_config: dict, base_files: dict, base_file: Ca
     return plan
 
 
-def _merge_tensor(key: str, tensor: Any, kind: str, plan: _Plan, adapter: Any, adapter_config: dict,
-                  quant_dtype: Any, monitor: MergeMonitor) -> Any:
+def _merge_tensor(key: str, tensor: torch.Tensor, kind: str, plan: _Plan, adapter: Any, adapter_config: dict,
+                  quant_dtype: torch.dtype | None, monitor: MergeMonitor) -> torch.Tensor:
     """One output tensor in float32 when it changes; the tensor as read otherwise."""
     import torch
 
@@ -293,7 +296,7 @@ def _merge_tensor(key: str, tensor: Any, kind: str, plan: _Plan, adapter: Any, a
     return weight.T if fan_in_fan_out else weight
 
 
-def _nf4_round_trip(weight: Any, dtype: Any) -> Any:
+def _nf4_round_trip(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """What `load_in_4bit` turns `weight` into: cast, NF4 with double quant (blocksize 64), de-quantized."""
     import bitsandbytes.functional as bnbf
     import torch
@@ -313,7 +316,7 @@ def _scaling(module: str, rank: int, adapter_config: dict) -> float:
     return alpha / math.sqrt(rank) if adapter_config.get("use_rslora") else alpha / rank
 
 
-def _embedding_keys(model: Any) -> tuple[Optional[str], Optional[str]]:
+def _embedding_keys(model: PreTrainedModel) -> tuple[Optional[str], Optional[str]]:
     """Checkpoint keys of the input and output embeddings of the meta-device model."""
     names = {id(m): n for n, m in model.named_modules()}
     out = model.get_output_embeddings()
@@ -322,13 +325,13 @@ def _embedding_keys(model: Any) -> tuple[Optional[str], Optional[str]]:
     return (f"{in_name}.weight" if in_name else None), (f"{out_name}.weight" if out_name else None)
 
 
-def _conv1d_keys(model: Any) -> set[str]:
+def _conv1d_keys(model: PreTrainedModel) -> set[str]:
     from transformers.pytorch_utils import Conv1D
 
     return {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, Conv1D)}
 
 
-def _quantized_keys(model: Any, base_config: dict) -> set[str]:
+def _quantized_keys(model: PreTrainedModel, base_config: dict) -> set[str]:
     """The weights `load_in_4bit` quantizes: every nn.Linear (or Conv1D) except transformers' skip list."""
     import torch
     from transformers.pytorch_utils import Conv1D
@@ -344,7 +347,7 @@ def _quantized_keys(model: Any, base_config: dict) -> set[str]:
     }
 
 
-def _meta_model(settings: Settings) -> Any:
+def _meta_model(settings: Settings) -> PreTrainedModel:
     """The base architecture on the meta device (no memory): module types and embedding names."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -365,7 +368,7 @@ def _base_weight_files(base_dir: Path, settings: Settings) -> dict[str, Path]:
     return files
 
 
-def _write_configs(out: Path, base_dir: Path, base_config: dict, plan: _Plan, tokenizer: Any, dtype: str) -> None:
+def _write_configs(out: Path, base_dir: Path, base_config: dict, plan: _Plan, tokenizer: PreTrainedTokenizerBase, dtype: str) -> None:
     config = {k: v for k, v in base_config.items() if k != "quantization_config"}
     name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
     config["dtype"] = name
@@ -376,7 +379,7 @@ def _write_configs(out: Path, base_dir: Path, base_config: dict, plan: _Plan, to
     if plan.untied:
         config["tie_word_embeddings"] = False
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    generation_path = base_dir / "generation_config.json"
+    generation_path = base_dir / GENERATION_CONFIG
     generation = read_json(generation_path) if generation_path.is_file() else {
         key: base_config[key] for key in ("bos_token_id", "eos_token_id") if base_config.get(key) is not None}
     if eos is not None:
@@ -384,17 +387,42 @@ def _write_configs(out: Path, base_dir: Path, base_config: dict, plan: _Plan, to
         generation["eos_token_id"] = eos_ids(eos, generation.get("eos_token_id", base_config.get("eos_token_id")))
     if pad is not None:
         config["pad_token_id"] = generation["pad_token_id"] = pad
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n",
+    (out / MODEL_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n",
                                                 encoding="utf-8")
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
+def _check_replaceable(out_dir: Path) -> None:
     if out_dir.exists():
         if not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / INDEX_FILE).is_file()):
             raise FinetuneError(f"{out_dir} exists and is not a merged model; remove it or pass --out DIR")
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+
+
+# --- what a merged folder was merged from ------------------------------------------------------------
+
+
+def merge_record(adapter_dir: Path, base_model: str, dtype: str, nf4_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """What a merge of `adapter_dir` into `base_model` in `dtype` is made of: the adapter's path and the sha256
+    of its weights file, the base, the dtype, and for QLoRA the dtype of the NF4 round trip. Written into the
+    merged folder as MERGE_SOURCE; a merged folder is reused only when its record equals the one wanted."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(adapter_dir) / ADAPTER_WEIGHTS, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return {"adapter": str(Path(adapter_dir).resolve()), "adapter_sha256": digest.hexdigest(),
+            "base_model": str(base_model), "dtype": dtype,
+            "nf4_dtype": None if nf4_dtype is None else str(nf4_dtype).removeprefix("torch.")}
+
+
+def read_merge_record(merged_dir: Path) -> dict[str, Any] | None:
+    """The MERGE_SOURCE record of a merged folder; None when it has none (merged by an older finetune) or it
+    cannot be read."""
+    try:
+        return json.loads((Path(merged_dir) / MERGE_SOURCE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
 
 
 def _require_bitsandbytes(settings: Settings) -> None:

@@ -5,16 +5,21 @@ whose template is lost "never stops". For the built-in `llama3` and `chatml` tem
 the same text as the training template for any conversation whose contents carry no surrounding whitespace
 (`llama3` trims contents; Go templates cannot). BOS is not written: Ollama adds it when the GGUF says
 `tokenizer.ggml.add_bos_token` (true exactly when the training template starts with BOS). Other templates get no
-TEMPLATE line, so Ollama picks one from the GGUF's own chat template, with a warning.
+TEMPLATE line, so Ollama picks one from the GGUF's own chat template, with a warning. Every end-of-turn string of
+the template is a `PARAMETER stop`, a token or not (`modelfile_stops`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from finetune.data.templates import CHATML_JINJA, LLAMA3_JINJA
+from finetune.runs.read import stop_strings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +29,13 @@ LLAMA3_GO = (
 )
 CHATML_GO = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 GO_TEMPLATES = {LLAMA3_JINJA: LLAMA3_GO, CHATML_JINJA: CHATML_GO}
+
+
+def modelfile_stops(tokenizer: PreTrainedTokenizerBase, stop_ids: Sequence[int]) -> list[str]:
+    """The `PARAMETER stop` strings: the stop tokens, then the template's end-of-turn text
+    (`finetune.runs.read.stop_strings`; `<|im_end|>` of chatml on a Llama 3 tokenizer is text, no token)."""
+    tokens = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids]
+    return list(dict.fromkeys([*tokens, *stop_strings(tokenizer)]))
 
 
 def go_template(jinja: Optional[str]) -> Optional[str]:

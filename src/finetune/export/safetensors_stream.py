@@ -15,9 +15,12 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from finetune.errors import FinetuneError
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX_FILE = "model.safetensors.index.json"
 FLOAT_CODES = ("F64", "F32", "F16", "BF16")
@@ -26,7 +29,7 @@ DTYPE_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16":
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
-def st_code(dtype: Any) -> str:
+def st_code(dtype: torch.dtype) -> str:
     """The safetensors dtype code of a torch dtype (torch.bfloat16 -> "BF16")."""
     return DTYPE_CODES[str(dtype).removeprefix("torch.")]
 

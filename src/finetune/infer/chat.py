@@ -5,7 +5,9 @@ the saved tokenizer) through `finetune.model.load.load_model`, then the adapter 
 (or `--adapter DIR`) on top. Prompts are rendered with the chat template SAVED with the run's
 tokenizer (not the recipe's name for it), tokenized without extra special tokens (the template
 writes BOS itself), and generation stops at the trained end-of-turn token: the tokenizer's eos,
-the eos ids of the model's generation config, and the template's end-of-turn marker.
+the eos ids of the model's generation config, and the template's end-of-turn marker; and at the
+template's end-of-turn TEXT (`finetune.runs.read.stop_strings`: chatml's `<|im_end|>` on a Llama 3
+tokenizer is several tokens, no stop id), which is cut from the reply and never printed.
 
 Modes: one `--prompt`; a `--file` of JSONL rows (`{"prompt": ...}` or `{"messages": [...]}`)
 answered as JSONL; or an interactive loop keeping the conversation (`/reset`, `/exit`).
@@ -19,11 +21,16 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
 
 from finetune.config.settings import Settings
 from finetune.errors import DataError, FinetuneError
-from finetune.runs.read import adapter_kind, load_run_tokenizer, read_adapter_config, resolve_adapter_dir, stop_token_ids
+from finetune.model.load import load_model, place_for_inference
+from finetune.runs.read import (adapter_kind, cut_at_stop, load_run_tokenizer, read_adapter_config, resolve_adapter_dir,
+                                stop_strings, stop_token_ids)
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +56,15 @@ class Sampling:
 
 @dataclass
 class ChatModel:
-    """A loaded model ready to answer: model, the run's tokenizer, and the ids that end a turn."""
+    """A loaded model ready to answer: model, the run's tokenizer, and the ids and strings that end a turn."""
 
-    model: Any
-    tokenizer: Any
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     stop_ids: list[int]
     label: str
+    stop_strings: list[str] = field(default_factory=list)
     last_prompt: Optional[str] = field(default=None, repr=False)
+    last_new_tokens: int = field(default=0, repr=False)  # tokens generated for the last answer
 
 
 @dataclass
@@ -108,25 +117,23 @@ def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None
     model.config.use_cache = True  # training switched the KV cache off
     stop = stop_token_ids(tokenizer, model.generation_config, run_dir)
     label = "base model only" if base_only else f"{'model' if full_model else 'base + adapter'} from {run_dir}"
-    return ChatModel(model=model, tokenizer=tokenizer, stop_ids=stop, label=label)
+    return ChatModel(model=model, tokenizer=tokenizer, stop_ids=stop, label=label, stop_strings=stop_strings(tokenizer))
 
 
-def _load_base(settings: Settings, tokenizer: Any) -> Any:
+def _load_base(settings: Settings, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """The base through the training loader (same quantization, precision and embedding size), placed for inference."""
-    from finetune.model.load import load_model, place_for_inference
-
     return place_for_inference(load_model(settings, tokenizer, training=False), settings)
 
 
 # --- answering ---------------------------------------------------------------------------------------
 
 
-def format_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+def format_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
     """The conversation rendered with the saved template, ending with the assistant header."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def generation_config(chat: ChatModel, sampling: Sampling) -> Any:
+def generation_config(chat: ChatModel, sampling: Sampling) -> GenerationConfig:
     from transformers import GenerationConfig
 
     sample = sampling.temperature > 0
@@ -150,22 +157,60 @@ def answer(chat: ChatModel, messages: list[dict[str, str]], sampling: Sampling, 
     chat.last_prompt = text
     device = next(chat.model.parameters()).device
     inputs = chat.tokenizer(text, add_special_tokens=False, return_tensors="pt").to(device)
-    streamer = _streamer(chat.tokenizer, stream) if stream is not None else None
+    streamer = _streamer(chat.tokenizer, stream, chat.stop_strings) if stream is not None else None
+    prompt_len = inputs["input_ids"].shape[1]
+    criteria = [_stop_on_text(chat.tokenizer, chat.stop_strings, prompt_len)] if chat.stop_strings else None
     with torch.no_grad():
-        output = chat.model.generate(**inputs, generation_config=generation_config(chat, sampling), streamer=streamer)
-    new = output[0, inputs["input_ids"].shape[1]:]
-    return chat.tokenizer.decode(new, skip_special_tokens=True).strip()
+        output = chat.model.generate(**inputs, generation_config=generation_config(chat, sampling), streamer=streamer,
+                                     stopping_criteria=criteria)
+    chat.last_new_tokens = output.shape[1] - prompt_len
+    text = chat.tokenizer.decode(output[0, prompt_len:], skip_special_tokens=True)
+    return cut_at_stop(text, chat.stop_strings)[0].strip()
 
 
-def _streamer(tokenizer: Any, out: TextIO) -> Any:
+def _stop_on_text(tokenizer: PreTrainedTokenizerBase, stops: list[str], prompt_len: int) -> Any:
+    """A StoppingCriteria: true once the reply's text contains a stop string (only the last tokens are decoded:
+    enough of them to hold the longest stop string, each token being at least one character)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    window = max(len(s) for s in stops) + 1
+
+    class StopOnText(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+            done = [cut_at_stop(tokenizer.decode(row[prompt_len:][-window:], skip_special_tokens=True), stops)[1]
+                    for row in input_ids]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StopOnText()
+
+
+def _streamer(tokenizer: PreTrainedTokenizerBase, out: TextIO, stops: list[str]) -> Any:
+    """Writes the reply as it comes, holding back text that may be the start of a stop string and never
+    writing a stop string or anything after it."""
     from transformers import TextStreamer
 
     class WriteStreamer(TextStreamer):
+        pending, stopped = "", False
+
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            out.write(text + ("\n" if stream_end else ""))
+            if not self.stopped:
+                self.pending, self.stopped = cut_at_stop(self.pending + text, stops)
+                keep = 0 if self.stopped or stream_end else _held_back(self.pending, stops)
+                out.write(self.pending[: len(self.pending) - keep])
+                self.pending = self.pending[len(self.pending) - keep:]
+            if stream_end:
+                out.write("\n")
+                self.pending, self.stopped = "", False
             out.flush()
 
     return WriteStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """The length of the longest end of `text` that begins a stop string."""
+    return max((n for stop in stops for n in range(1, min(len(stop), len(text) + 1)) if text.endswith(stop[:n])),
+               default=0)
 
 
 def interactive(chat: ChatModel, sampling: Sampling, *, system: str | None = None,

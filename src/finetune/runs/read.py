@@ -11,19 +11,22 @@ from __future__ import annotations
 import json
 import logging
 import struct
-import zipfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from finetune.config.settings import Settings
 from finetune.data.templates import resolve_template
 from finetune.errors import DataError, FinetuneError, RecipeError
 from finetune.model.tokenizer import eos_ids, load_tokenizer, require_local_or_cached
+from finetune.runs.layout import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, GENERATION_CONFIG, MODEL_CONFIG, SAFETENSORS_INDEX,
+                                  TOKENIZER_CONFIG, checkpoint_dirs)
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
 TRAIN_HINT = "run `finetune train` first or pass --adapter DIR"
-COMPLETE_MARKER = ".complete"  # written last into a checkpoint, after its files were fsynced
 REPAIR_HINT = "train again, restore the file, or pass --adapter DIR of an intact checkpoint"
 END_OF_TURN_MARKERS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|eom_id|>")
 AdapterKind = Literal["lora", "dora", "full"]
@@ -69,21 +72,15 @@ def verify_safetensors(path: Path) -> None:
                         f"a full disk or a partial copy?); {REPAIR_HINT}")
 
 
-def checkpoint_step(name: str) -> int:
-    """The step of a `checkpoint-N` directory name; -1 for any other name."""
-    tail = name.rpartition("-")[2]
-    return int(tail) if tail.isdigit() else -1
-
-
 def resolve_adapter_dir(settings: Settings, adapter_dir: str | Path | None = None) -> Path:
     """The adapter directory (default: `output_dir`); FinetuneError with a hint when it holds no adapter."""
     path = Path(adapter_dir if adapter_dir is not None else settings.output_dir).expanduser()
     origin = "--adapter" if adapter_dir is not None else f"output_dir ({settings.where('output_dir')})"
     if not path.is_dir():
         raise FinetuneError(f"no adapter at {path} ({origin}): the directory does not exist; {TRAIN_HINT}")
-    if not (path / "adapter_config.json").is_file():
-        checkpoints = sorted(path.glob("checkpoint-*/adapter_config.json"), key=lambda p: checkpoint_step(p.parent.name))
-        latest = f"; the latest checkpoint is {checkpoints[-1].parent} (--adapter it)" if checkpoints else ""
+    if not (path / ADAPTER_CONFIG).is_file():
+        checkpoints = [p for p in checkpoint_dirs(path) if (p / ADAPTER_CONFIG).is_file()]
+        latest = f"; the latest checkpoint is {checkpoints[-1]} (--adapter it)" if checkpoints else ""
         raise FinetuneError(f"no adapter in {path} ({origin}): adapter_config.json is missing{latest}; {TRAIN_HINT}")
     return path
 
@@ -106,12 +103,12 @@ def base_model_dir(settings: Settings) -> Path:
         ) from None
 
 
-def load_run_tokenizer(settings: Settings, run_dir: Path | None) -> Any:
+def load_run_tokenizer(settings: Settings, run_dir: Path | None) -> PreTrainedTokenizerBase:
     """The tokenizer saved with the run (chat template, trained eos/pad); else the recipe's, with its template."""
     from transformers import AutoTokenizer
 
-    if run_dir is not None and (Path(run_dir) / "tokenizer_config.json").is_file():
-        read_json(Path(run_dir) / "tokenizer_config.json")
+    if run_dir is not None and (Path(run_dir) / TOKENIZER_CONFIG).is_file():
+        read_json(Path(run_dir) / TOKENIZER_CONFIG)
         try:
             return AutoTokenizer.from_pretrained(run_dir)
         except Exception as exc:  # a missing/damaged tokenizer.json, vocab or merges file
@@ -127,17 +124,17 @@ def load_run_tokenizer(settings: Settings, run_dir: Path | None) -> Any:
 
 def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
     """The LoRA/DoRA adapter config; FinetuneError for another peft type, DataError for a damaged file."""
-    config = read_json(adapter_dir / "adapter_config.json")
+    config = read_json(adapter_dir / ADAPTER_CONFIG)
     if config.get("peft_type", "LORA") != "LORA":
         raise FinetuneError(f"{adapter_dir}: only LoRA/DoRA adapters are supported (peft_type {config['peft_type']})")
-    verify_safetensors(adapter_dir / "adapter_model.safetensors")
+    verify_safetensors(adapter_dir / ADAPTER_WEIGHTS)
     return config
 
 
 def verify_weights(run_dir: Path) -> None:
     """DataError naming the first missing or damaged weights file of an adapter or model directory."""
     run_dir = Path(run_dir)
-    index = run_dir / "model.safetensors.index.json"
+    index = run_dir / SAFETENSORS_INDEX
     if index.is_file():
         shards = read_json(index).get("weight_map", {})
         for name in sorted(set(shards.values()) if isinstance(shards, dict) else ()):
@@ -149,53 +146,63 @@ def verify_weights(run_dir: Path) -> None:
         verify_safetensors(path)
 
 
-def verify_checkpoint(checkpoint: Path) -> None:
-    """DataError naming what is missing or damaged in a `checkpoint-N` directory: its trainer state,
-    its adapter/model config, every weights file and its optimizer/scheduler/RNG archives. A checkpoint from before the `.complete` marker
-    (COMPLETE_MARKER) is accepted when all of that verifies; the marker is an extra guarantee."""
-    checkpoint = Path(checkpoint)
-    read_json(checkpoint / "trainer_state.json")
-    for name in ("adapter_config.json", "config.json"):
-        if (checkpoint / name).is_file():
-            read_json(checkpoint / name)
-    for path in sorted([*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]):  # optimizer, scheduler, RNG state
-        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-short one lacks its end record
-            raise DataError(f"{path} is damaged: not a whole torch.save archive (cut short?); {REPAIR_HINT}")
-    weights = any(checkpoint.glob("*.safetensors")) or (checkpoint / "model.safetensors.index.json").is_file()
-    if not weights and _deepspeed_state(checkpoint):
-        return  # ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the weights are in DeepSpeed's state
-    verify_weights(checkpoint)
-
-
-def _deepspeed_state(checkpoint: Path) -> bool:
-    """Whether `checkpoint` holds DeepSpeed's own state: a `latest` file naming a non-empty `global_step*` dir."""
-    try:
-        tag = (checkpoint / "latest").read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return False
-    return bool(tag) and (checkpoint / tag).is_dir() and any((checkpoint / tag).iterdir())
-
-
 def adapter_kind(run_dir: Path) -> AdapterKind:
     """`lora`/`dora` for an adapter directory, `full` for a fully fine-tuned model; FinetuneError otherwise."""
-    if (run_dir / "adapter_config.json").is_file():
+    if (run_dir / ADAPTER_CONFIG).is_file():
         return "dora" if read_adapter_config(run_dir).get("use_dora") else "lora"
-    if (run_dir / "config.json").is_file():
-        read_json(run_dir / "config.json")
+    if (run_dir / MODEL_CONFIG).is_file():
+        read_json(run_dir / MODEL_CONFIG)
         verify_weights(run_dir)
         return "full"
     raise FinetuneError(f"{run_dir} holds neither an adapter (adapter_config.json) nor a model (config.json); "
                         f"{TRAIN_HINT}")
 
-
-
-
-def stop_token_ids(tokenizer: Any, generation_config: Any = None, run_dir: Path | None = None) -> list[int]:
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig | None = None,
+                   run_dir: Path | None = None) -> list[int]:
     """Ids that end an answer: the trained eos first, then saved/base generation eos ids, then the template's marker."""
     saved = None
-    if run_dir is not None and (Path(run_dir) / "generation_config.json").is_file():
-        saved = read_json(Path(run_dir) / "generation_config.json").get("eos_token_id")
+    if run_dir is not None and (Path(run_dir) / GENERATION_CONFIG).is_file():
+        saved = read_json(Path(run_dir) / GENERATION_CONFIG).get("eos_token_id")
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
     vocab = tokenizer.get_vocab()
     markers = [vocab[marker] for marker in END_OF_TURN_MARKERS if marker in template and marker in vocab]
     return eos_ids(tokenizer.eos_token_id, saved, getattr(generation_config, "eos_token_id", None), markers)
+
+
+STOP_PROBE = "finetune stop probe"  # an assistant reply whose rendering shows what the template writes after it
+
+
+def stop_strings(tokenizer: PreTrainedTokenizerBase, *, where: str | None = None) -> list[str]:
+    """The strings at which a reply ends, for every path that generates (chat, evaluate, report, serve) and the
+    Modelfile's `PARAMETER stop` lines: what the tokenizer's chat template writes right after an assistant
+    reply (`<|eot_id|>`, `<|im_end|>`, ... from END_OF_TURN_MARKERS, or the eos token), then the eos token.
+
+    Generation must stop when the generated TEXT contains one of them: with `chat_template: chatml` on a
+    Llama 3 tokenizer, `<|im_end|>` is plain text split into several tokens, which no stop id can catch.
+    Cut the reply there with `cut_at_stop`. When the template writes no end of turn at all nothing could stop a
+    reply: FinetuneError, or RecipeError located at `where` (the recipe line of chat_template) when given, so a
+    recipe check can refuse the recipe before training."""
+    eos = tokenizer.eos_token if isinstance(tokenizer.eos_token, str) and tokenizer.eos_token else None
+    candidates = [*END_OF_TURN_MARKERS, *([eos] if eos else [])]
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    if not template:
+        return [eos] if eos else []
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": STOP_PROBE}]
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+        after = rendered[rendered.rindex(STOP_PROBE) + len(STOP_PROBE):]
+    except Exception:  # a template that refuses these roles, or rewrites the content: read its source instead
+        after = template
+    found = sorted((after.index(c), c) for c in dict.fromkeys(candidates) if c in after)
+    if not found:
+        message = (f"the chat template writes no end-of-turn marker after a reply (looked for "
+                   f"{', '.join(candidates)}), so generation could never stop; set special_tokens.eos_token to the "
+                   "string that ends a turn in your template")
+        raise RecipeError(f"{where}: {message}") if where else FinetuneError(message)
+    return list(dict.fromkeys([c for _, c in found] + ([eos] if eos else [])))
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """(`text` up to the first stop string, whether one was found)."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

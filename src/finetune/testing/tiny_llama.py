@@ -12,12 +12,12 @@ the real vocabulary size but a handful of tiny layers, so that every code path
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from finetune.errors import MissingDependencyError
 from finetune.model.shapes import LLAMA31_BASE_TOKENS, LLAMA31_SPECIAL_TOKENS
+from finetune.runs.atomic import write_text
 
 MARKER_FILE = "finetune_tiny.json"
 BUILD_VERSION = 1
@@ -165,7 +165,5 @@ def build_tiny_llama(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, s
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 
-    tmp = out_dir / (MARKER_FILE + ".tmp")
-    tmp.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / MARKER_FILE)
+    write_text(out_dir / MARKER_FILE, json.dumps(params, indent=2, sort_keys=True) + "\n")
     return out_dir

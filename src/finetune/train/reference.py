@@ -19,10 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -32,6 +30,7 @@ from finetune.config.settings import Settings
 from finetune.data.cache import file_digest
 from finetune.model.load import Precision
 from finetune.model.loss import sequence_log_probs
+from finetune.runs.atomic import atomic_path, write_text
 from finetune.runs.read import base_model_dir
 
 if TYPE_CHECKING:
@@ -80,9 +79,7 @@ def _weights_digest(directory: Path, memo: Path) -> str:
         total.update(f"{file.name}:{known[tag]}\n".encode())
     if changed:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-        tmp.write_text(json.dumps(known, indent=1), encoding="utf-8")
-        os.replace(tmp, memo)
+        write_text(memo, json.dumps(known, indent=1))
     return total.hexdigest()
 
 
@@ -162,6 +159,6 @@ def _readable(file: Path, rows: int) -> bool:
 
 def _save(file: Path, values: np.ndarray) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.stem}.{os.getpid()}.{uuid.uuid4().hex[:6]}.npy")
-    np.save(tmp, values)
-    os.replace(tmp, file)
+    with atomic_path(file) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, values)
+

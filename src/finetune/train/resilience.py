@@ -1,8 +1,9 @@
 """Runs that survive being stopped: resume, no silent overwrite, checkpoint on SIGINT/SIGTERM, no leaked secrets.
 
-- `plan_output_dir`: run again on an output_dir with checkpoints -> resume from the latest complete one
-  (`--no-resume` starts over and removes them); a finished run (run_summary.json) is kept unless
-  `--overwrite`.
+- `plan_output_dir`: run again on an output_dir with checkpoints -> resume from the latest whole one (verified
+  by `finetune.runs.checkpoints.verify_checkpoint`; a damaged one is skipped with a warning naming it), or
+  `--no-resume` starts over and removes them; a finished run (run_summary.json) is kept unless `--overwrite`.
+- `seal_checkpoints_callback`: each checkpoint sealed (its files and sizes recorded) once every process saved.
 - `catch_signals` + `stop_on_signal_callback`: the first SIGINT/SIGTERM asks the trainer to save a
   checkpoint at the end of the current optimizer step and stop; `TrainingInterrupted` then carries the
   checkpoint out of the run (so no final adapter or run_summary.json is written and the next run resumes).
@@ -20,18 +21,22 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-from finetune.errors import FinetuneError
+from finetune.errors import DataError, FinetuneError
+from finetune.runs.checkpoints import is_sealed, seal_checkpoint, verify_checkpoint
+from finetune.runs.layout import (COMPLETE_MARKER, RUN_SUMMARY, TRAINER_STATE, checkpoint_dir, checkpoint_dirs,
+                                  checkpoint_step)
 from finetune.train.collective import all_reduce
 
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-FINISHED_MARKERS = ("run_summary.json",)
+FINISHED_MARKERS = (RUN_SUMMARY,)
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN")
 REDACTED = "<redacted>"
-logger = logging.getLogger(__name__)
 DUPLICATE_SIGNAL_S = 1.0  # torchrun forwards a terminal's SIGINT that the workers already got
 
 
@@ -39,22 +44,26 @@ DUPLICATE_SIGNAL_S = 1.0  # torchrun forwards a terminal's SIGINT that the worke
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
-    """Complete `checkpoint-N` directories by step: trainer state, configs and weights all whole
-    (`finetune.runs.read.verify_checkpoint`). Damaged ones are left out with a warning naming them."""
-    found = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        match = CHECKPOINT.match(path.name)
-        if match and path.is_dir() and _complete(path):
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+    """Whole checkpoint directories by step (`finetune.runs.checkpoints.verify_checkpoint`: every file the
+    seal recorded at its size, DeepSpeed's shards included, every archive and weights file whole). Damaged ones
+    are left out with a warning naming them. Once a checkpoint of the run is sealed, the run seals every
+    checkpoint, so a later one without its marker was cut off while saving and is left out too; checkpoints
+    of older runs (none sealed) are verified file by file."""
+    found, sealed_before = [], False
+    for path in checkpoint_dirs(output_dir):
+        if _whole(path, marker_required=sealed_before):
+            found.append(path)
+        sealed_before = sealed_before or is_sealed(path)
+    return found
 
 
-def _complete(checkpoint: Path) -> bool:
-    from finetune.errors import DataError
-    from finetune.runs.read import verify_checkpoint
-
-    if not (checkpoint / "trainer_state.json").is_file():
+def _whole(checkpoint: Path, *, marker_required: bool) -> bool:
+    if not (checkpoint / TRAINER_STATE).is_file():
         return False  # killed before the Trainer wrote its state (it does so last): not a checkpoint yet
+    if marker_required and not is_sealed(checkpoint):
+        logger.warning("skipping checkpoint %s: it has no %s marker while earlier checkpoints of this run do "
+                       "(the save was cut off)", checkpoint, COMPLETE_MARKER)
+        return False
     try:
         verify_checkpoint(checkpoint)
     except DataError as exc:
@@ -88,7 +97,7 @@ class OutputPlan:
 def decide_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> OutputPlan:
     """Pure decision over output_dir's contents (nothing is changed); see `plan_output_dir`."""
     output_dir = Path(output_dir)
-    stale = sorted(p for p in output_dir.glob("checkpoint-*") if CHECKPOINT.match(p.name) and p.is_dir())
+    stale = checkpoint_dirs(output_dir)
     marker = finished_marker(output_dir)
     if marker is not None:
         if not overwrite:
@@ -104,8 +113,8 @@ def decide_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> Out
         return OutputPlan(None)
     if not resume:
         return OutputPlan(None, [f"--no-resume: removing {len(stale)} checkpoint(s) in {output_dir}; starting over"], stale)
-    step = int(CHECKPOINT.match(latest.name).group(1))
-    newer = [p for p in stale if int(CHECKPOINT.match(p.name).group(1)) > step]  # damaged or half-written
+    step = checkpoint_step(latest.name)
+    newer = [p for p in stale if checkpoint_step(p.name) > step]  # damaged or half-written
     return OutputPlan(
         latest,
         [f"resuming from {latest} (step {step}); pass --no-resume to start over"]
@@ -125,6 +134,31 @@ def plan_output_dir(output_dir: Path, *, resume: bool, overwrite: bool, clean: b
             else:
                 path.unlink(missing_ok=True)
     return plan
+
+
+def seal_checkpoints_callback() -> TrainerCallback:
+    """TrainerCallback sealing each checkpoint (`finetune.runs.checkpoints.seal_checkpoint`) right after the
+    Trainer saved it. Every process waits for the others to finish writing their files (RNG state, DeepSpeed
+    shards) before the main process seals, so the marker records each file whole. Put it before any callback
+    whose on_save may raise (the signal stop does), so the marker comes first."""
+    from transformers import TrainerCallback
+
+    class SealCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            _barrier()
+            checkpoint = checkpoint_dir(args.output_dir, state.global_step)
+            if state.is_world_process_zero and checkpoint.is_dir():
+                seal_checkpoint(checkpoint)
+            return control
+
+    return SealCheckpoints()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 # --- signals -----------------------------------------------------------------------------------
@@ -174,7 +208,7 @@ def catch_signals(flag: SignalFlag, signals: Sequence[int] = (signal.SIGINT, sig
             signal.signal(sig, handler)
 
 
-def stop_on_signal_callback(flag: SignalFlag) -> Any:
+def stop_on_signal_callback(flag: SignalFlag) -> TrainerCallback:
     """TrainerCallback: once `flag` is set (on any process), save a checkpoint at the step's end, then raise
     TrainingInterrupted. With several processes the flag is agreed on by all-reduce so all save together."""
     from transformers import TrainerCallback
@@ -190,7 +224,7 @@ def stop_on_signal_callback(flag: SignalFlag) -> Any:
 
         def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
             if flag.signum:
-                checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                checkpoint = checkpoint_dir(args.output_dir, state.global_step)
                 raise TrainingInterrupted(flag.signum, checkpoint if checkpoint.is_dir() else None, state.global_step)
 
     return StopOnSignal()

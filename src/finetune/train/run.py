@@ -6,7 +6,7 @@ summary entries. `stage_for` picks it from the recipe's `rl`; everything else ha
 
 Outputs in `output_dir`: the adapter (or the full model without an adapter), generation_config.json
 with the trained eos/pad ids, the tokenizer with its chat template, `recipe.yml` (resolved, secrets
-redacted), `run_summary.json`, `loss.png` and `checkpoint-N/` directories per the save cadence.
+redacted), `run_summary.json`, `loss.png` and checkpoint directories (`finetune.runs.layout`) per the save cadence.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from finetune.data.templates import resolve_template
 from finetune.errors import FinetuneError, RecipeError
 from finetune.model.load import Precision, resolve_precision
 from finetune.model.trainable import trainable_model
-from finetune.runs.checkpoints import seal_checkpoints_callback
-from finetune.runs.read import verify_checkpoint
+from finetune.runs.checkpoints import verify_checkpoint
+from finetune.runs.layout import checkpoint_dirs
 from finetune.train.args import sft_config, steps_per_epoch
 from finetune.train.dpo import DPOStage
 from finetune.train.progress import best_checkpoint_entry, progress_callback
-from finetune.train.resilience import known_secrets, latest_checkpoint, redact_config
+from finetune.train.resilience import known_secrets, latest_checkpoint, redact_config, seal_checkpoints_callback
 from finetune.train.trainer import TokenCounter, build_trainer, summary_callbacks
 from finetune.train.zero3 import check_zero3, init_deepspeed_comm, partition_quantized, zero3_enabled
 
@@ -204,7 +204,7 @@ def save_run(
     efficiency = getattr(getattr(prepared, "summary", None), "packing_efficiency", None)
     if efficiency is not None:
         summary["packing_efficiency"] = efficiency
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoints = checkpoint_dirs(output_dir)
     summary["best_checkpoint"] = best_checkpoint_entry(trainer.state.log_history, checkpoints, output_dir,
                                                        final_step=trainer.state.global_step)
     if trainer.is_world_process_zero():
@@ -255,7 +255,7 @@ def resume_point(resume: bool | str, output_dir: Path) -> str | None:
     if resume is True:
         latest = latest_checkpoint(output_dir)  # verified, not merely the newest name
         if latest is None:
-            raise FinetuneError(f"nothing to resume: no complete checkpoint-* directory in {output_dir}")
+            raise FinetuneError(f"nothing to resume: no complete checkpoint directory in {output_dir}")
         return str(latest)
     path = Path(resume)
     if not path.is_dir():

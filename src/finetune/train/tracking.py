@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError
+from finetune.runs.layout import checkpoint_dir
 from finetune.train.collective import all_reduce
 
 if TYPE_CHECKING:
@@ -182,9 +183,9 @@ class Tracker:
 
             def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
                 if tracker.run is not None and tracker.ws.log_model == "checkpoint":
-                    checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                    checkpoint = checkpoint_dir(args.output_dir, state.global_step)
                     if checkpoint.is_dir():
-                        tracker.log_artifact(checkpoint, f"checkpoint-{state.global_step}")
+                        tracker.log_artifact(checkpoint, checkpoint.name)
 
         return WandbTracking()
 
