@@ -12,19 +12,21 @@ import logging
 import socket
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune.errors import FinetuneError
-from fastapi import FastAPI
-
+from finetune.runs.layout import PREFERENCES
 from finetune.serve.app import ServeOptions, create_app
 from finetune.serve.engine import Engine
 from finetune.serve.models import ModelPool, resolve_sources
 from finetune.serve.preferences import heldout_contexts
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 logger = logging.getLogger(__name__)
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-PREFERENCES_FILE = "preferences.jsonl"  # MERGE: runs.layout
 
 
 def build_server(paths: list[str], *, overrides: list[str] | None = None, api_key: str | None = None,
@@ -32,7 +34,7 @@ def build_server(paths: list[str], *, overrides: list[str] | None = None, api_ke
     """The app, its (still empty) pool, the engine, and the thread that loads the models into the pool."""
     sources = resolve_sources(paths, overrides)
     contexts = heldout_contexts(Path(heldout)) if heldout is not None else []
-    preferences = Path(sources[0].settings.output_dir) / PREFERENCES_FILE
+    preferences = Path(sources[0].settings.output_dir) / PREFERENCES
     pool = ModelPool()
     engine = Engine(pool)
     app = create_app(pool, engine, ServeOptions(api_key=api_key, preferences=preferences, heldout=contexts))

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from finetune.runs.read import cut_at_stop
 from finetune.serve.models import ModelPool
 
 if TYPE_CHECKING:
@@ -85,9 +86,9 @@ class _Row:
         self.ids.append(token)
         job.completion_tokens = len(self.ids)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            job.text = text[:cut]
+        text, stopped = cut_at_stop(text, self.stops)
+        if stopped:
+            job.text = text
             return self._finish("stop")
         job.text = text
         if len(self.ids) >= job.sampling.max_tokens:
@@ -174,7 +175,7 @@ class Engine:
 
     def run_batch(self, batch: list[Job]) -> None:
         """Generate every job of `batch` (one model, one sampling) in one left-padded `generate` call."""
-        import torch
+        import torch  # noqa: F811  (the TYPE_CHECKING import names the type; this one runs)
         from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 

@@ -19,7 +19,9 @@ from finetune.config.load import load_recipe
 from finetune.config.settings import Settings
 from finetune.errors import DataError, FinetuneError
 from finetune.model.load import load_model, place_for_inference
-from finetune.runs.read import load_run_tokenizer, read_adapter_config, resolve_adapter_dir, stop_token_ids
+from finetune.runs.layout import RECIPE, checkpoint_dirs
+from finetune.runs.read import (load_run_tokenizer, read_adapter_config, resolve_adapter_dir, stop_strings,
+                                stop_token_ids)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -27,20 +29,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BASE = "base"
-RECIPE_FILE = "recipe.yml"  # MERGE: runs.layout
-
-
-def checkpoint_dirs(run_dir: Path) -> list[Path]:  # MERGE: runs.layout
-    import re
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def stop_strings_of(tokenizer) -> list[str]:  # MERGE: runs.read.stop_strings
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    vocab = tokenizer.get_vocab()
-    return [m for m in ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>") if m in template and m not in vocab]
-
 
 @dataclass(frozen=True)
 class RunSource:
@@ -75,9 +63,9 @@ def resolve_sources(paths: list[str], overrides: list[str] | None = None) -> lis
     for text in paths:
         path = Path(text).expanduser()
         if path.is_dir():
-            recipe = path / RECIPE_FILE
+            recipe = path / RECIPE
             if not recipe.is_file():
-                raise DataError(f"{path}: a run folder holds {RECIPE_FILE} (written by `finetune train`); "
+                raise DataError(f"{path}: a run folder holds {RECIPE} (written by `finetune train`); "
                                     "pass the recipe instead")
             settings = load_recipe(recipe, overrides or []).settings
             sources.append(RunSource(settings, path))
@@ -157,7 +145,7 @@ class ModelPool:
             raise FinetuneError(f"the tokenizer in {run_dir} has no chat template; set chat_template in the recipe")
         return Served(name=name, adapter=adapter, tokenizer=tokenizer,
                       stop_ids=stop_token_ids(tokenizer, model.generation_config, run_dir),
-                      stop_strings=stop_strings_of(tokenizer), sequence_len=settings.sequence_len, run_dir=run_dir)
+                      stop_strings=stop_strings(tokenizer, where=settings.where("chat_template")), sequence_len=settings.sequence_len, run_dir=run_dir)
 
     @contextmanager
     def use(self, name: str) -> Iterator[PreTrainedModel]:
