@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from trl import SFTTrainer
-
 from finetune.config.settings import Settings
+from finetune.log import quiet_stdout
+
+with quiet_stdout():  # transformers prints "[INFO] Running in WANDB offline mode" as TRL imports its Trainer
+    from trl import SFTTrainer
 from finetune.model.loss import trained_token_nll
 from finetune.model.adapters import keep_trainable_values, trainable_to_fp32
 from finetune.train.collective import all_reduce

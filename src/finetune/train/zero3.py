@@ -31,6 +31,7 @@ import torch
 
 from finetune.config.settings import Settings
 from finetune.errors import RecipeError
+from finetune.log import quiet_stdout
 from finetune.model.loss import trained_token_nll
 
 LOSS_MODULE_NAME = "finetune_trained_token_loss"
@@ -59,7 +60,8 @@ def init_deepspeed_comm() -> None:
     size from it (transformers' `zero.Init` while loading, `partition_quantized`)."""
     import deepspeed
 
-    deepspeed.init_distributed()
+    with quiet_stdout():  # on the CPU: "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully"
+        deepspeed.init_distributed()
 
 
 def partition_quantized(model: Any) -> None:
