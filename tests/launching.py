@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -59,3 +60,13 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float, what: str) ->
             process.kill()
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+# finetune's own console lines (finetune.log's format, and the data preparation's progress lines): nothing else may
+# reach the console of a run without --verbose, on any rank or machine.
+FINETUNE_LINE = re.compile(r"(finetune: |warning: |error: |\[rank \d+\] error: |reading |tokenizing |writing \w+ rows: )")
+
+
+def assert_only_finetune_lines(done: subprocess.CompletedProcess) -> None:
+    foreign = [line for line in (done.stdout + done.stderr).splitlines() if line and not FINETUNE_LINE.match(line)]
+    assert not foreign, "lines that are not finetune's own:\n" + "\n".join(foreign[:40])
