@@ -201,3 +201,18 @@ def test_zero3_is_accepted_and_resolves_to_the_bundled_config():
         ).settings
         path, notice = resolve_deepspeed(settings)
         assert path == (bundled_deepspeed_dir() / name).resolve() and "bundled" in notice
+
+
+def test_the_slurm_example_sets_what_finetune_reads_and_preprocesses_once():
+    import re
+    import subprocess
+
+    from finetune.train.launch import TOPOLOGY_ENV
+
+    script = Path(__file__).parents[2] / "examples" / "slurm" / "train.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    for _, variable in TOPOLOGY_ENV:
+        assert re.search(rf"\b{variable}=", text), variable
+    preprocess, train = text.index("finetune preprocess"), text.index("finetune train \"$0\"")
+    assert preprocess < train and "srun --nodes=1 --ntasks=1 finetune preprocess" in text
