@@ -27,10 +27,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_zero2_on_two_cpu_processes_matches_one_process(train_recipe, torch_extensions_dir):
-    common = dict(max_steps=4, save_steps=4)
+    common = dict(max_steps=4, save_steps=4, val_set_size=4)
     single = train_recipe("single", gradient_accumulation_steps=4, **common)
-    # The seed's path: missing on disk, so the bundled deepspeed_configs/zero2.json is used.
-    double = train_recipe("zero2", gradient_accumulation_steps=2, deepspeed="/path/to/deepspeed_configs/zero2.json", **common)
+    # The seed's path: missing on disk, so the bundled deepspeed_configs/zero2.json is used. Evaluating every 2 steps
+    # must not change what is trained (issue 21, item 10): the 1-process run does not evaluate.
+    double = train_recipe("zero2", gradient_accumulation_steps=2, deepspeed="/path/to/deepspeed_configs/zero2.json",
+                          eval_steps=2, **common)
     env = launch_env(torch_extensions_dir)
 
     train_cli(single, env=env)
@@ -39,6 +41,7 @@ def test_zero2_on_two_cpu_processes_matches_one_process(train_recipe, torch_exte
     assert "using the bundled" in done.stderr and "zero2.json" in done.stderr
     assert "starting 2 processes" in done.stderr
     assert_only_finetune_lines(done)  # one clean stream from rank 0 (issue 21, item 11)
+    assert "step 2: eval loss" in done.stderr
     one = step_losses(run_output_dir(single) / "checkpoint-4")
     two = step_losses(run_output_dir(double) / "checkpoint-4")
     assert len(one) == len(two) == 4
