@@ -14,6 +14,8 @@ Why a subclass (measured in scripts/bench_train.py, see docs/benchmarks.md):
   `num_items_in_batch`, across processes), so micro batch 1 x accumulation 4 == micro batch 4 x 1.
 - TRL casts trainable parameters of a quantized base to bf16; their fp32 values from before are put back (an
   upcast alone would keep the bf16 rounding of the adapter's initialisation): `adapters.keep_trainable_values`.
+- Evaluations compute what training computes and change nothing it reads: a 4-bit base is loaded so that
+  bitsandbytes never repacks it for its CPU inference kernel (`finetune.model.load.keep_4bit_training_layout`).
 - Under DeepSpeed ZeRO-3 the head's weight is partitioned: the loss runs as a module of the model tree that
   DeepSpeed gathers the head for, in forward and backward (`finetune.train.zero3.TrainedTokenLoss`).
 """
@@ -28,12 +30,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 from finetune.config.settings import Settings
 from finetune.log import quiet_stdout
+from finetune.model.adapters import keep_trainable_values, trainable_to_fp32
+from finetune.model.loss import trained_token_nll
+from finetune.train.collective import all_reduce
 
 with quiet_stdout():  # transformers prints "[INFO] Running in WANDB offline mode" as TRL imports its Trainer
     from trl import SFTTrainer
-from finetune.model.loss import trained_token_nll
-from finetune.model.adapters import keep_trainable_values, trainable_to_fp32
-from finetune.train.collective import all_reduce
 
 
 @dataclass

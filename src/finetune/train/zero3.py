@@ -15,6 +15,9 @@ module's parameters in the module's forward (and again for its backward) and fre
   DeepSpeed *external parameters* (`deepspeed.zero.register_external_parameter`): DeepSpeed gathers them for the
   loss's forward and again for its backward, so a trained lm_head (`lora_modules_to_save`) receives its full
   gradient while gathered and DeepSpeed reduce-scatters it as it does for every other parameter.
+- Evaluating: bitsandbytes would repack a gathered 4-bit weight in place for its CPU inference kernel during an
+  evaluation, and the partition could then no longer be saved; a model loaded for training never takes that path
+  (`finetune.model.load.keep_4bit_training_layout`).
 - Saving: transformers' Trainer gathers the trainable parameters (stage3_gather_16bit_weights_on_model_save) and
   peft writes the usual adapter files; checkpoints also hold DeepSpeed's partitioned optimizer state.
 
