@@ -144,7 +144,7 @@ def test_other_ranks_print_nothing_but_errors_from_any_library_unless_verbose(ca
     assert [str(w.message) for w in caught] == ["shown with --verbose"]
 
 
-def test_rank_0_drops_the_deprecated_collective_warnings_unless_verbose() -> None:
+def test_rank_0_drops_collective_and_thread_count_warnings_unless_verbose() -> None:
     message = ("`torch.distributed.all_gather_into_tensor` is deprecated. "
                "Please use `torch.distributed.all_gather_single` instead.")
     with warnings.catch_warnings(record=True) as caught:
@@ -152,6 +152,8 @@ def test_rank_0_drops_the_deprecated_collective_warnings_unless_verbose() -> Non
         configure()
         warnings.warn(message, FutureWarning, stacklevel=1)
         warnings.warn(message.replace("all_gather_into_tensor", "reduce_scatter_tensor"), FutureWarning, stacklevel=1)
+        warnings.warn("OMP_NUM_THREADS/MKL_NUM_THREADS unset, we set it at 2 to improve oob performance.", UserWarning,
+                      stacklevel=1)
         assert caught == []
         configure(verbose=True)
         warnings.warn(message, FutureWarning, stacklevel=1)

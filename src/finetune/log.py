@@ -51,6 +51,8 @@ NOISY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # DeepSpeed's collectives call torch's renamed ones, once per call site (dozens of lines under ZeRO-3)
     (FutureWarning, r"`torch.distributed.all_gather_into_tensor` is deprecated"),
     (FutureWarning, r"`torch.distributed.reduce_scatter_tensor` is deprecated"),
+    # accelerate on CPU processes picks a thread count itself and says so (one process per machine)
+    (UserWarning, r"OMP_NUM_THREADS/MKL_NUM_THREADS unset"),
 )
 
 # Environment defaults for libraries that read them when first imported (`configure` runs before that):

@@ -61,8 +61,10 @@ class FinetuneTrainer(SFTTrainer):
         self._eval_sums: list[float] = [0.0, 0.0]  # trained-token NLL and count of the running evaluation
         trainable_to_fp32(self.model)
         self.partitioned_loss = None
-        from finetune.train.zero3 import attach_loss, zero3_enabled
+        from finetune.train.zero3 import attach_loss, init_deepspeed_comm, zero3_enabled
 
+        if self.is_deepspeed_enabled:  # now, quietly, rather than inside train() (DeepSpeed prints as it sets up)
+            init_deepspeed_comm()
         if zero3_enabled():
             self.partitioned_loss = attach_loss(self.model, self.model.get_output_embeddings(), loss_head)
 

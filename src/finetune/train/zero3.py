@@ -60,7 +60,8 @@ def check_zero3(settings: Settings, *, cpu: bool) -> None:
 
 def init_deepspeed_comm() -> None:
     """Let DeepSpeed wrap the process group the worker set up, before anything partitions: its config reads the world
-    size from it (transformers' `zero.Init` while loading, `partition_quantized`)."""
+    size from it (transformers' `zero.Init` while loading, `partition_quantized`). Idempotent; the trainer calls it for
+    every DeepSpeed stage, so its console line is dropped there too."""
     import deepspeed
 
     with quiet_stdout():  # on the CPU: "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully"
