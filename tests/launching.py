@@ -14,7 +14,8 @@ import pytest
 
 
 def launch_env(torch_extensions_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                                                           "NNODES", "NODE_RANK")}
     env.update(TORCH_EXTENSIONS_DIR=str(torch_extensions_dir), HF_HUB_OFFLINE="1", WANDB_MODE="disabled",
                PYTHONUNBUFFERED="1")
     return env
