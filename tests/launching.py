@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,7 +14,8 @@ import pytest
 
 
 def launch_env(torch_extensions_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                                                           "NNODES", "NODE_RANK")}
     env.update(TORCH_EXTENSIONS_DIR=str(torch_extensions_dir), HF_HUB_OFFLINE="1", WANDB_MODE="disabled",
                PYTHONUNBUFFERED="1")
     return env
@@ -59,3 +61,13 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float, what: str) ->
             process.kill()
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+# finetune's own console lines (finetune.log's format, and the data preparation's progress lines): nothing else may
+# reach the console of a run without --verbose, on any rank or machine.
+FINETUNE_LINE = re.compile(r"(finetune: |warning: |error: |\[rank \d+\] error: |reading |tokenizing |writing \w+ rows: )")
+
+
+def assert_only_finetune_lines(done: subprocess.CompletedProcess) -> None:
+    foreign = [line for line in (done.stdout + done.stderr).splitlines() if line and not FINETUNE_LINE.match(line)]
+    assert not foreign, "lines that are not finetune's own:\n" + "\n".join(foreign[:40])

@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from finetune.log import NOISY_LOGS, configure
+from finetune.log import NOISY_LOGS, configure, quiet_stdout
 
 DEEPSPEED_CPU = ("Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.")
 BNB_KERNELS = ("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. "
@@ -23,7 +23,11 @@ def restore_loggers():
     names = ["finetune", *(name for name, _ in NOISY_LOGS)]
     saved = {name: (list(logging.getLogger(name).handlers), list(logging.getLogger(name).filters),
                     logging.getLogger(name).level) for name in names}
-    yield
+    stdout = sys.stdout
+    with warnings.catch_warnings():  # configure(rank=N) ignores every warning: undone with the test
+        yield
+    sys.stdout = stdout
+    logging.disable(logging.NOTSET)
     for name, (handlers, filters, level) in saved.items():
         logger = logging.getLogger(name)
         logger.handlers[:], logger.filters[:] = handlers, filters
@@ -121,3 +125,48 @@ def test_library_progress_bars_are_off_unless_verbose(tiny_llama_dir) -> None:
     assert all(run.returncode == 0 for run in runs.values()), runs["q"].stderr
     assert "Loading weights" in runs["v"].stderr
     assert "Loading weights" not in runs["q"].stderr
+
+
+def test_other_ranks_print_nothing_but_errors_from_any_library_unless_verbose(capsys, caplog) -> None:
+    """DDP's find_unused_parameters UserWarning, the kernels hub's offline notice, a library's print: rank 0's alone."""
+    configure(rank=1)
+    warnings.warn("find_unused_parameters=True was specified in DDP constructor", UserWarning, stacklevel=1)
+    logging.getLogger("kernels._internals.hf_hub").warning("a library warning")
+    logging.getLogger("some.library").error("a library error")
+    print("[INFO] Running in WANDB offline mode")
+    out, err = capsys.readouterr()
+    assert out == err == ""
+    assert [r.getMessage() for r in caplog.records] == ["a library error"]  # errors still pass
+    configure(rank=1, verbose=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.warn("shown with --verbose", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["shown with --verbose"]
+
+
+def test_rank_0_drops_collective_and_thread_count_warnings_unless_verbose() -> None:
+    message = ("`torch.distributed.all_gather_into_tensor` is deprecated. "
+               "Please use `torch.distributed.all_gather_single` instead.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        configure()
+        warnings.warn(message, FutureWarning, stacklevel=1)
+        warnings.warn(message.replace("all_gather_into_tensor", "reduce_scatter_tensor"), FutureWarning, stacklevel=1)
+        warnings.warn("OMP_NUM_THREADS/MKL_NUM_THREADS unset, we set it at 2 to improve oob performance.", UserWarning,
+                      stacklevel=1)
+        assert caught == []
+        configure(verbose=True)
+        warnings.warn(message, FutureWarning, stacklevel=1)
+        assert [str(w.message) for w in caught] == [message]
+
+
+def test_quiet_stdout_drops_library_prints_unless_verbose(capsys) -> None:
+    with quiet_stdout():
+        print("unconfigured: a library user sees everything")
+    configure()
+    with quiet_stdout():
+        print("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully")
+    configure(verbose=True)
+    with quiet_stdout():
+        print("verbose")
+    assert capsys.readouterr().out == "unconfigured: a library user sees everything\nverbose\n"

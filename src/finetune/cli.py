@@ -147,11 +147,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over even if output_dir holds checkpoints")
     p.add_argument("--overwrite", action="store_true", help="allow replacing a finished run in output_dir")
     p.add_argument("--force-preprocess", action="store_true", help="rebuild the data cache first")
-    multi = p.add_argument_group("several machines (passed to torchrun)")
-    multi.add_argument("--nnodes", type=int, default=1, help="number of machines")
-    multi.add_argument("--node-rank", type=int, default=0, help="this machine's rank")
-    multi.add_argument("--master-addr", default=None, help="address of the rank-0 machine")
-    multi.add_argument("--master-port", type=int, default=None, help="port on the rank-0 machine")
+    multi = p.add_argument_group("several machines (passed to torchrun; an absent flag reads the variable in [])")
+    multi.add_argument("--nnodes", type=int, default=None, help="number of machines [NNODES] (default 1)")
+    multi.add_argument("--node-rank", type=int, default=None, help="this machine's rank [NODE_RANK] (default 0)")
+    multi.add_argument("--master-addr", default=None, help="address of the rank-0 machine [MASTER_ADDR]")
+    multi.add_argument("--master-port", type=int, default=None, help="port on the rank-0 machine [MASTER_PORT]")
+    multi.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                       help="c10d rendezvous instead of a fixed rank-0 machine (ranks assigned as machines join)")
+    multi.add_argument("--max-restarts", type=int, default=0, metavar="N",
+                       help="restart all processes up to N times after a failure, resuming from the latest checkpoint")
     return parser
 
 
@@ -309,6 +313,8 @@ def _train(args: argparse.Namespace) -> int:
         node_rank=args.node_rank,
         master_addr=args.master_addr,
         master_port=args.master_port,
+        rdzv_endpoint=args.rdzv_endpoint,
+        max_restarts=args.max_restarts,
         verbose=args.verbose,
     )
 

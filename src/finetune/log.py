@@ -4,7 +4,12 @@ The process edges (`finetune.cli.main`, and `finetune.train.worker.main` inside 
 once, before anything heavy is imported. What it sets up, on stderr:
 
 - `finetune: message` for notices (INFO), `warning: message` for warnings; DEBUG lines only with --verbose;
-- only global rank 0 prints (the edge passes the rank in); errors of other ranks print as `[rank N] error: ...`;
+- only global rank 0 prints (the edge passes the rank in); errors of other ranks print as `[rank N] error: ...`.
+  On other ranks, unless --verbose, nothing else reaches the console: Python warnings are ignored, third-party
+  loggers pass only errors (`logging.disable`) and `sys.stdout` (third-party `print`s; finetune prints nothing
+  there) goes to /dev/null. Every launch path ends in `configure` with its rank: `finetune train` in one process,
+  torchrun's workers (`finetune.train.worker`), and `finetune train` started per rank by the user's own torchrun,
+  SLURM or Kubernetes (the CLI reads RANK);
 - third-party lines no user can act on are dropped (`NOISY_LOGS`, `NOISY_WARNINGS`); --verbose keeps them.
   A filter is attached to the exact logger that emits the line (logger filters do not apply to records
   propagated from children), so it is in place even when the library creates its logger at import.
@@ -15,11 +20,13 @@ stay silent unless the application configures "finetune".
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
 import warnings
+from typing import Iterator
 
 ROOT = "finetune"
 
@@ -29,17 +36,30 @@ NOISY_LOGS: tuple[tuple[str, str], ...] = (
     ("DeepSpeed", r"Setting accelerator to CPU"),
     # bitsandbytes' optional CPU 4-bit kernel from the `kernels` hub package; the fallback works
     ("bitsandbytes.backends.cpu.ops", r"Failed to load CPU gemm_4bit_forward from kernels-community"),
+    # the same optional kernel, looked up offline (HF_HUB_OFFLINE): nothing is loaded, nothing to act on
+    ("kernels._internals.hf_hub", r"Skipping publisher trust check"),
+    # TRL under ZeRO-3 + PEFT switches checkpointing to reentrant itself (finetune asks for non-reentrant elsewhere)
+    ("trl.trainer.sft_trainer", r"You are using PEFT with DeepSpeed ZeRO-3 and gradient checkpointing"),
+    ("trl.trainer.dpo_trainer", r"You are using PEFT with DeepSpeed ZeRO-3 and gradient checkpointing"),
+    # accelerate under DeepSpeed: the DeepSpeed value it keeps is the recipe's gradient_accumulation_steps
+    ("accelerate.accelerator", r"Gradient accumulation steps mismatch"),
 )
 # (category, message pattern): Python warnings dropped unless --verbose.
 NOISY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # TRL reads transformers' deprecated property; not the user's code
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    # DeepSpeed's collectives call torch's renamed ones, once per call site (dozens of lines under ZeRO-3)
+    (FutureWarning, r"`torch.distributed.all_gather_into_tensor` is deprecated"),
+    (FutureWarning, r"`torch.distributed.reduce_scatter_tensor` is deprecated"),
+    # accelerate on CPU processes picks a thread count itself and says so (one process per machine)
+    (UserWarning, r"OMP_NUM_THREADS/MKL_NUM_THREADS unset"),
 )
 
 # Environment defaults for libraries that read them when first imported (`configure` runs before that):
 # transformers' and the hub's per-file bars ("Loading weights", "Writing model shards") repeat what
 # finetune's own notices say and turn into one garbled line in a log file. A value the user set wins.
-QUIET_ENV: dict[str, str] = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+# W&B's own console lines (finetune.train.tracking also starts it with silent=True) say what finetune says.
+QUIET_ENV: dict[str, str] = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "WANDB_SILENT": "true"}
 
 
 class _StderrHandler(logging.Handler):
@@ -116,4 +136,26 @@ def configure(*, rank: int = 0, verbose: bool = False) -> logging.Logger:
     if not verbose:
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)  # the process edge: inherited by torchrun's workers too
+    quiet_other_rank = rank != 0 and not verbose
+    logging.disable(logging.WARNING if quiet_other_rank else logging.NOTSET)  # errors still pass
+    if quiet_other_rank:
+        warnings.simplefilter("ignore")
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process
     return logger
+
+
+def is_quiet() -> bool:
+    """Whether `configure` set this process up without --verbose (False where finetune is used as a library)."""
+    logger = logging.getLogger(ROOT)
+    return any(isinstance(h, _StderrHandler) for h in logger.handlers) and not logger.isEnabledFor(logging.DEBUG)
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Drop what the block prints to stdout, unless --verbose: for libraries that `print` at import or setup
+    (transformers' "[INFO] Running in WANDB offline mode", DeepSpeed's "... built successfully")."""
+    if not is_quiet():
+        yield
+        return
+    with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
+        yield

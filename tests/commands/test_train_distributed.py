@@ -20,16 +20,19 @@ from pathlib import Path
 
 import pytest
 
-from launching import assert_same_adapter, launch_env, read_adapter, run_output_dir, step_losses, train_cli, wait_for
+from launching import (assert_only_finetune_lines, assert_same_adapter, launch_env, read_adapter, run_output_dir,
+                       step_losses, train_cli, wait_for)
 
 pytestmark = pytest.mark.slow
 
 
 def test_zero2_on_two_cpu_processes_matches_one_process(train_recipe, torch_extensions_dir):
-    common = dict(max_steps=4, save_steps=4)
+    common = dict(max_steps=4, save_steps=4, val_set_size=4)
     single = train_recipe("single", gradient_accumulation_steps=4, **common)
-    # The seed's path: missing on disk, so the bundled deepspeed_configs/zero2.json is used.
-    double = train_recipe("zero2", gradient_accumulation_steps=2, deepspeed="/path/to/deepspeed_configs/zero2.json", **common)
+    # The seed's path: missing on disk, so the bundled deepspeed_configs/zero2.json is used. Evaluating every 2 steps
+    # must not change what is trained (issue 21, item 10): the 1-process run does not evaluate.
+    double = train_recipe("zero2", gradient_accumulation_steps=2, deepspeed="/path/to/deepspeed_configs/zero2.json",
+                          eval_steps=2, **common)
     env = launch_env(torch_extensions_dir)
 
     train_cli(single, env=env)
@@ -37,6 +40,8 @@ def test_zero2_on_two_cpu_processes_matches_one_process(train_recipe, torch_exte
 
     assert "using the bundled" in done.stderr and "zero2.json" in done.stderr
     assert "starting 2 processes" in done.stderr
+    assert_only_finetune_lines(done)  # one clean stream from rank 0 (issue 21, item 11)
+    assert "step 2: eval loss" in done.stderr
     one = step_losses(run_output_dir(single) / "checkpoint-4")
     two = step_losses(run_output_dir(double) / "checkpoint-4")
     assert len(one) == len(two) == 4
@@ -45,6 +50,38 @@ def test_zero2_on_two_cpu_processes_matches_one_process(train_recipe, torch_exte
     assert_same_adapter(read_adapter(run_output_dir(single)), read_adapter(run_output_dir(double)), atol=1e-5)
     recipe_saved = (run_output_dir(double) / "recipe.yml").read_text()
     assert "deepspeed_configs/zero2.json" in recipe_saved and "/path/to/" not in recipe_saved
+
+
+def test_two_machines_from_the_environment_alone_train_as_one_process_with_evaluations(train_recipe,
+                                                                                      torch_extensions_dir):
+    """Two "machines" on 127.0.0.1, each `finetune train` with only NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT
+    set (as a SLURM script sets them), plain DDP over gloo, evaluating every 2 steps: the same adapter as one process
+    without evaluations (issue 21: the cluster section, and item 10 on 2 processes); each machine's console holds
+    only finetune's lines (item 11)."""
+    common = dict(max_steps=4, save_steps=4)
+    single = train_recipe("one-process", gradient_accumulation_steps=4, val_set_size=4, **common)  # no evaluations
+    machines = train_recipe("two-machines", gradient_accumulation_steps=2, val_set_size=4, eval_steps=2, **common)
+    env = launch_env(torch_extensions_dir)
+    train_cli(single, env=env)
+    cluster = dict(env, NNODES="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    cmd = [sys.executable, "-m", "finetune", "train", str(machines)]
+    processes = [subprocess.Popen(cmd, env=dict(cluster, NODE_RANK=str(node)), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    try:
+        outputs = [process.communicate(timeout=600) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-5000:]
+        assert_only_finetune_lines(subprocess.CompletedProcess(cmd, 0, stdout, stderr))
+    assert "starting 2 processes (1 here)" in outputs[0][1] and "--node_rank=1" in outputs[1][1]
+    assert "step 2: eval loss" in outputs[0][1] and "eval loss" not in outputs[1][1]  # rank 0 speaks
+    one = step_losses(run_output_dir(single) / "checkpoint-4")
+    two = step_losses(run_output_dir(machines) / "checkpoint-4")
+    assert len(two) == 4 and two == pytest.approx(one, rel=1e-5, abs=1e-6)
+    assert_same_adapter(read_adapter(run_output_dir(single)), read_adapter(run_output_dir(machines)), atol=1e-5)
 
 
 def test_kill_9_then_rerun_resumes_to_the_same_adapter(train_recipe, torch_extensions_dir):

@@ -38,6 +38,40 @@ def test_target_linear_finds_every_linear_but_the_lm_head(small_model) -> None:
     assert target_modules(only, small_model) == ["q_proj", "v_proj"]
 
 
+@pytest.mark.parametrize("listed", ["[q_proj, lm_head]", "\n  - q_proj\n  - lm_head"])
+def test_lora_on_the_lm_head_is_refused_at_its_line_naming_modules_to_save(listed: str) -> None:
+    """Issue 21, item 2: TRL refuses a LoRA on lm_head with a traceback, and the trained-token loss would read the head's
+    weight without the LoRA delta; the recipe is refused where it names the head, with the way to train it."""
+    from finetune.errors import RecipeError
+
+    text = (f"base_model: /x\ndatasets: [{{path: x.jsonl}}]\nadapter: lora\nlora_target_linear: true\n"
+            f"lora_target_modules: {listed}\n")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe_text(text, file="r.yml")
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "lm_head" in row)
+    assert f"r.yml:{line}: LoRA on the output head `lm_head` is not supported" in str(caught.value)
+    assert "`lora_modules_to_save: [lm_head]`" in str(caught.value)
+
+
+def test_any_models_output_head_is_refused_as_a_lora_target_and_never_picked_by_target_linear() -> None:
+    import torch
+
+    from finetune.errors import RecipeError
+
+    class Model(torch.nn.Module):  # a head under a name the recipe check cannot know
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+            self.output = torch.nn.Linear(4, 9)
+
+        def get_output_embeddings(self):
+            return self.output
+
+    assert target_modules(recipe("/x", "adapter: lora\nlora_target_linear: true\n"), Model()) == ["proj"]
+    with pytest.raises(RecipeError, match=r"`lora_modules_to_save: \[output\]`"):
+        target_modules(recipe("/x", "adapter: lora\nlora_target_modules: [proj, output]\n"), Model())
+
+
 def test_lora_config_carries_rank_scaling_dora_and_rslora(small_model) -> None:
     settings = recipe("/x", "adapter: lora\nlora_target_linear: true\nlora_r: 64\nlora_alpha: 32\n"
                       "lora_dropout: 0.05\npeft_use_dora: true\npeft_use_rslora: true\n"

@@ -142,3 +142,78 @@ def test_inference_placement(cuda, quantized, expected):
     from finetune.model.load import inference_device
 
     assert inference_device(cuda_available=cuda, quantized=quantized) == expected
+
+
+# --- a 4-bit base trained on the CPU: evaluations must not change the training path (issue 21, items 9 and 10) ---
+
+
+@pytest.fixture
+def cpu_bf16_kernel(monkeypatch):
+    """bitsandbytes as on a CPU with AVX512-BF16 (where its Linear4bit repacks weights for inference), on any CPU."""
+    import bitsandbytes.nn.modules
+
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
+
+
+def _qlora_model(tiny_llama_dir: Path, *, dora: bool = False):
+    from finetune.model.adapters import apply_adapter
+
+    settings = recipe(tiny_llama_dir, SPECIALS + "adapter: qlora\nload_in_4bit: true\nlora_target_linear: true\n"
+                      f"bf16: false\npeft_use_dora: {str(dora).lower()}\n")
+    return apply_adapter(settings, load_model(settings, _tokenizer(settings)))
+
+
+def _bytes(tensor):
+    return tensor.detach().reshape(-1).contiguous().view(__import__("torch").uint8)
+
+
+def _adapter_grads(model, ids):
+    model.train()
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_an_evaluation_leaves_the_4bit_training_path_untouched(tiny_llama_dir: Path, cpu_bf16_kernel, dora) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = _qlora_model(tiny_llama_dir, dora=dora)
+    ids = torch.randint(100, 5000, (2, 12))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = _adapter_grads(model, ids)
+
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)  # what an evaluation does
+    after = model.state_dict()  # what a checkpoint saves: the 4-bit weights and quantization state as loaded
+    assert after.keys() == before.keys()
+    for name, value in before.items():  # bit for bit (4-bit weights stored as floats can hold NaN patterns)
+        assert torch.equal(_bytes(after[name]), _bytes(value)), name
+    got = _adapter_grads(model, ids)
+    assert any(g.abs().max() > 0 for name, g in got.items() if "lora_B" in name)
+    for name, grad in expected.items():
+        assert torch.equal(got[name], grad), name
+
+
+def test_gradients_through_a_4bit_layer_after_a_no_grad_forward_use_the_dequantized_weight(
+        tiny_llama_dir: Path, cpu_bf16_kernel) -> None:
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    model = _qlora_model(tiny_llama_dir)
+    layer = model.base_model.model.model.layers[0].mlp.down_proj.base_layer  # a bitsandbytes Linear4bit
+    assert type(layer).__name__ == "Linear4bit"
+    weight = bnbf.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    x = torch.randn(3, 5, layer.in_features, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        layer(x)
+    model.train()
+    ours = x.clone().requires_grad_(True)
+    reference = x.clone().requires_grad_(True)
+    upstream = torch.randn(3, 5, layer.out_features, generator=torch.Generator().manual_seed(1))
+    (layer(ours) * upstream).sum().backward()
+    (torch.nn.functional.linear(reference, weight) * upstream).sum().backward()
+    torch.testing.assert_close(ours.grad, reference.grad, rtol=1e-5, atol=1e-6)

@@ -113,6 +113,8 @@ def test_empty_batch_is_zero_and_backward_works() -> None:
     nll.backward()
     assert int(count) == 0 and float(nll) == 0.0
     assert hidden.grad is not None and hidden.grad.abs().sum() == 0
+    # a trained head gets its (zero) gradient too: DDP without find_unused_parameters waits for every parameter
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() == 0
 
 
 def test_unknown_loss_head_is_an_error() -> None:

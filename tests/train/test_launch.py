@@ -14,7 +14,9 @@ from finetune.config.deepspeed import BUNDLED_DEEPSPEED, bundled_deepspeed_dir, 
 from finetune.train.launch import (
     decide_num_processes,
     in_launched_process,
+    launcher_env,
     make_topology,
+    topology_from_env,
     torchrun_command,
     worker_args,
 )
@@ -81,6 +83,53 @@ def test_single_machine_with_a_port_uses_it():
 def test_bad_topology_is_refused(kwargs, message):
     with pytest.raises(FinetuneError, match=message):
         make_topology(2, **kwargs)
+
+
+CLUSTER_ENV = {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29555"}
+
+
+def test_machines_come_from_the_environment_a_cluster_sets():
+    # SLURM (examples/slurm/train.sbatch), SkyPilot and Kubernetes set these per machine; no flag needed
+    from_env = make_topology(4, **topology_from_env(CLUSTER_ENV))
+    from_flags = make_topology(4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29555)
+    assert from_env == from_flags
+    assert torchrun_command(from_env, ["r.yml"]) == torchrun_command(from_flags, ["r.yml"])
+
+
+def test_flags_win_over_the_environment_and_nothing_set_is_one_machine():
+    machines = topology_from_env(CLUSTER_ENV, nnodes=3, node_rank=2, master_addr="h", master_port=1234)
+    assert machines == {"nnodes": 3, "node_rank": 2, "master_addr": "h", "master_port": 1234}
+    assert topology_from_env({"PATH": "/bin", "NNODES": ""}) == {
+        "nnodes": 1, "node_rank": 0, "master_addr": None, "master_port": None}
+    assert torchrun_command(make_topology(2, **topology_from_env({})), ["r.yml"])[4] == "--standalone"
+
+
+def test_a_bad_environment_variable_is_named():
+    with pytest.raises(FinetuneError, match=r"NODE_RANK='node1' in the environment is not a number \(it stands for --node-rank\)"):
+        topology_from_env(dict(CLUSTER_ENV, NODE_RANK="node1"))
+    with pytest.raises(FinetuneError, match=r"--master-addr \(or MASTER_ADDR\)"):
+        make_topology(1, **topology_from_env({"NNODES": "2"}))
+
+
+def test_c10d_rendezvous_and_elastic_restarts(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    topology = make_topology(8, nnodes=4, rdzv_endpoint="head-node:29400", max_restarts=3)
+    cmd = torchrun_command(topology, ["r.yml"], python="/py")
+    assert cmd == ["/py", "-m", "torch.distributed.run", "--nproc_per_node=8", "--nnodes=4", "--rdzv_backend=c10d",
+                   "--rdzv_endpoint=head-node:29400", "--rdzv_id=4242", "--max_restarts=3",
+                   "-m", "finetune.train.worker", "r.yml"]
+    # restarts need torchrun even for a single process
+    assert make_topology(1, max_restarts=1).needs_launcher and not make_topology(1).needs_launcher
+    with pytest.raises(FinetuneError, match="--rdzv-endpoint must be HOST:PORT"):
+        make_topology(1, nnodes=2, rdzv_endpoint="head-node")
+    with pytest.raises(FinetuneError, match="--max-restarts"):
+        make_topology(1, max_restarts=-1)
+
+
+def test_torchrun_gets_the_thread_count_it_would_choose_without_its_banner():
+    assert launcher_env({"PATH": "/bin"}, 2)["OMP_NUM_THREADS"] == "1"
+    assert launcher_env({"OMP_NUM_THREADS": "8"}, 2)["OMP_NUM_THREADS"] == "8"
+    assert "OMP_NUM_THREADS" not in launcher_env({}, 1)
 
 
 def test_worker_args_round_trip_through_the_worker_parser():
@@ -152,3 +201,18 @@ def test_zero3_is_accepted_and_resolves_to_the_bundled_config():
         ).settings
         path, notice = resolve_deepspeed(settings)
         assert path == (bundled_deepspeed_dir() / name).resolve() and "bundled" in notice
+
+
+def test_the_slurm_example_sets_what_finetune_reads_and_preprocesses_once():
+    import re
+    import subprocess
+
+    from finetune.train.launch import TOPOLOGY_ENV
+
+    script = Path(__file__).parents[2] / "examples" / "slurm" / "train.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    for _, variable in TOPOLOGY_ENV:
+        assert re.search(rf"\b{variable}=", text), variable
+    preprocess, train = text.index("finetune preprocess"), text.index("finetune train \"$0\"")
+    assert preprocess < train and "srun --nodes=1 --ntasks=1 finetune preprocess" in text

@@ -127,3 +127,42 @@ def test_eval_loss_is_per_trained_token_over_the_split(micro_llama_dir: Path, tm
     mean_of_means = sum(n / c for n, c in per_row) / len(per_row)
     assert abs(token_weighted - mean_of_means) > 1e-3  # the two notions differ on these rows
     assert result.summary["eval_loss"] == pytest.approx(token_weighted, rel=1e-4)
+
+
+def test_evaluations_do_not_change_what_a_4bit_base_trains(tiny_llama_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Issue 21, item 10: a run with evaluations trains exactly as the same run without them (QLoRA + DoRA, CPU).
+
+    bitsandbytes is made to behave as on a CPU with AVX512-BF16, where an evaluation's no-grad forward used to repack
+    the 4-bit weights for its inference kernel and every later training step ran through it."""
+    import bitsandbytes.nn.modules
+    import torch
+    from datasets import Dataset
+    from safetensors.torch import load_file
+
+    from finetune.config import load_recipe_text
+    from finetune.model.tokenizer import load_tokenizer
+    from finetune.train.run import run_training
+
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
+    rows = _rows()
+
+    def train(name: str, evaluations: str):
+        settings = load_recipe_text(
+            f"base_model: {tiny_llama_dir}\ndatasets: [{{path: x.jsonl}}]\nadapter: qlora\nload_in_4bit: true\n"
+            "peft_use_dora: true\nlora_target_linear: true\nlora_r: 4\nlora_alpha: 8\nlora_dropout: 0\n"
+            "sample_packing: true\nsequence_len: 64\nbf16: false\noptimizer: adamw_torch\nlearning_rate: 0.01\n"
+            "lr_scheduler: constant\nwarmup_steps: 0\nnum_epochs: 2\nmicro_batch_size: 1\n"
+            f"gradient_accumulation_steps: 2\n{evaluations}"
+            'special_tokens: {pad_token: "<|finetune_right_pad_id|>", eos_token: "<|eot_id|>"}\n'
+        ).settings
+        prepared = SimpleNamespace(train=Dataset.from_list(rows), eval=Dataset.from_list(rows[:2]))
+        result = run_training(settings, prepared, load_tokenizer(settings), output_dir=tmp_path / name)
+        return load_file(str(tmp_path / name / "adapter_model.safetensors")), result
+
+    plain, _ = train("plain", "")
+    evaluated, result = train("evaluated", "val_set_size: 2\nevals_per_epoch: 1\n")
+    assert len(result.summary["eval_losses"]) == 2 and result.global_step == 4
+    assert plain.keys() == evaluated.keys()
+    assert any("lora_B" in name and value.abs().max() > 1e-4 for name, value in plain.items())  # it trained
+    for name, value in plain.items():
+        assert torch.equal(evaluated[name], value), name

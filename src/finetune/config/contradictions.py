@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from finetune.config.settings import Settings
 
+# Output-head module names (Llama-class and most causal LMs: lm_head; GPT-NeoX: embed_out).
+OUTPUT_HEADS = ("lm_head", "embed_out")
+
 
 def contradictions(s: Settings) -> list[tuple[str, str]]:
     """Cross-field problems as (key to point at, message); empty when the recipe is coherent."""
@@ -58,6 +61,9 @@ def contradictions(s: Settings) -> list[tuple[str, str]]:
                 out.append((key, f"{key} needs an adapter (adapter: lora or qlora)"))
     elif not s.lora_target_linear and not s.lora_target_modules:
         out.append(("adapter", "the adapter targets no module; set lora_target_linear: true or lora_target_modules"))
+    for index, name in enumerate(s.lora_target_modules or ()):
+        if s.adapter is not None and name.split(".")[-1] in OUTPUT_HEADS:
+            out.append((("lora_target_modules", index), head_lora_message(name)))
     if s.chat_template == "jinja" and not s.chat_template_jinja:
         out.append(("chat_template", "chat_template: jinja needs chat_template_jinja (inline or a file path)"))
     if s.dedup != "near":
@@ -68,6 +74,13 @@ def contradictions(s: Settings) -> list[tuple[str, str]]:
         out.append(("chat_template_jinja", "chat_template_jinja is used only with chat_template: jinja"))
     out.extend(rl_contradictions(s))
     return out
+
+
+def head_lora_message(name: str) -> str:
+    """Why LoRA on the output head is refused, and what trains the head instead."""
+    return (f"LoRA on the output head `{name}` is not supported (TRL refuses it, and the trained-token loss reads the "
+            f"head's weight directly); remove it here, and to train the head list it in "
+            f"`lora_modules_to_save: [{name.split('.')[-1]}]` (a full trained copy, saved with the adapter)")
 
 
 def rl_contradictions(s: Settings) -> list[tuple[str | tuple, str]]:

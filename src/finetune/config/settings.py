@@ -325,7 +325,8 @@ class Settings(Section):
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     lora_target_linear: bool = Field(False, description="Put LoRA on every linear layer except lm_head.")
     lora_target_modules: Optional[list[str]] = Field(
-        None, description="Module names to adapt (e.g. [q_proj, v_proj]); added to lora_target_linear's."
+        None, description="Module names to adapt (e.g. [q_proj, v_proj]); added to lora_target_linear's. Not the "
+        "output head (lm_head): it is trained in full through lora_modules_to_save."
     )
     lora_modules_to_save: Optional[list[str]] = Field(
         None,

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from finetune.config.contradictions import head_lora_message
 from finetune.config.settings import Settings
 from finetune.errors import MissingDependencyError, RecipeError
 
@@ -33,15 +34,18 @@ def target_modules(settings: Settings, model: PreTrainedModel) -> list[str]:
     Sorted and de-duplicated, e.g. Llama: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj.
     """
     names: set[str] = set()
+    head = model.get_output_embeddings()
+    head_names = {name.split(".")[-1] for name, module in model.named_modules() if module is head and name}
     if settings.lora_target_linear:
-        head = model.get_output_embeddings()
-        head_names = {name.split(".")[-1] for name, module in model.named_modules() if module is head and name}
         for name, module in model.named_modules():
             if not name or module is head or not is_linear(module):
                 continue
             leaf = name.split(".")[-1]
             if leaf not in head_names:
                 names.add(leaf)
+    for requested in settings.lora_target_modules or ():  # the recipe check knows lm_head; this, any model's name
+        if requested.split(".")[-1] in head_names:
+            raise RecipeError(f"{settings.where('lora_target_modules')}: {head_lora_message(requested)}")
     names.update(settings.lora_target_modules or ())
     if not names:
         raise RecipeError(f"{settings.where('lora_target_linear')}: the adapter found no linear layer to target")

@@ -173,9 +173,33 @@ def load_model(
     # The KV cache trap: with use_cache=True the forward builds a cache, and transformers then stops deriving
     # the per-sample (block-diagonal) mask from position_ids, so packed samples would attend to each other.
     model.config.use_cache = False
+    if training:
+        keep_4bit_training_layout(model)
     _fit_embeddings(settings, model, tokenizer, training)
     _set_generation_ids(model, tokenizer)
     return model
+
+
+def keep_4bit_training_layout(model: Any) -> int:
+    """Keep every bitsandbytes 4-bit weight in the layout training reads; returns how many layers were told.
+
+    On a CPU with AVX512-BF16, bitsandbytes' `Linear4bit.forward` repacks its weight *in place* for a bf16 inference
+    kernel the first time it runs in eval mode on an input without gradient (an evaluation): the weight becomes
+    `[out, in/2]` uint8, the double-quantized absmax becomes a bf16 matrix, and `quant_state.packing_format_for_cpu`
+    is set. It never packs back for training: `matmul_4bit` then sends every later forward, training ones too,
+    through `bitsandbytes::gemv_4bit`, an op without an autograd formula (no gradient flows through the frozen base
+    to the layers below, and its bf16 arithmetic differs from training's), and the inverse that saving runs re-quantizes
+    the absmax (lossy), or fails under ZeRO-3, where the repacked tensor was a gathered partition. A model loaded for
+    training therefore never takes that path (`support_avx512bf16_for_cpu`, read by that forward, is turned off);
+    its evaluations compute exactly what training computes. Inference-only models (chat, evaluate) keep it.
+    On CUDA the repacking never happens (it is CPU-only), so this changes nothing there.
+    """
+    told = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            told += 1
+    return told
 
 
 def _fit_embeddings(settings: Settings, model: Any, tokenizer: Any, training: bool) -> None:

@@ -53,9 +53,13 @@ def trained_token_nll(
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     count = mask.sum()
-    if not bool(mask.any()):
-        return hidden.sum() * 0.0, count  # keeps the graph connected for backward
     weight, bias = head.weight, getattr(head, "bias", None)
+    if not bool(mask.any()):  # zero, with the graph connected to every input (a trained head too: DDP waits for it)
+        zero = hidden.sum() * 0.0
+        for tensor in (weight, bias):
+            if tensor is not None and tensor.requires_grad:
+                zero = zero + tensor.sum().to(zero.device) * 0.0
+        return zero, count
     selected = hidden[:, :-1][mask].to(weight.device)
     picked = targets[mask].to(weight.device)
     logit_scale = float(getattr(text_config, "logit_scale", None) or 1.0)

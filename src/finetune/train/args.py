@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from finetune.config.settings import Settings
 from finetune.errors import RecipeError
+from finetune.log import quiet_stdout
 from finetune.model.load import Precision
 
 if TYPE_CHECKING:
@@ -139,6 +140,10 @@ def training_arguments(
         "remove_unused_columns": False,
         "dataloader_drop_last": False,
         "disable_tqdm": True,
+        # Every trainable parameter takes part in every step's loss (the trained-token loss reads the head's weight
+        # even for a micro batch without trained tokens). transformers' default for a PeftModel is True: a graph
+        # walk each step and DDP's warning that nothing was unused (measured in docs/benchmarks.md).
+        "ddp_find_unused_parameters": False,
     }
     if settings.early_stopping_patience is not None and evaluating:
         kwargs.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
@@ -154,4 +159,5 @@ def sft_config(settings: Settings, *, steps_per_epoch: int, output_dir: str, pre
     if "activation_checkpointing" in SFTConfig.__dataclass_fields__:  # transformers >= 5.2x renamed it
         arguments["activation_checkpointing"] = arguments.pop("gradient_checkpointing")
         arguments["activation_checkpointing_kwargs"] = arguments.pop("gradient_checkpointing_kwargs")
-    return SFTConfig(**arguments)
+    with quiet_stdout():  # DeepSpeed's communication setup prints on the CPU ("... built successfully")
+        return SFTConfig(**arguments)

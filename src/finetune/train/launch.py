@@ -12,6 +12,13 @@ Flow of `main_train` (the CLI calls it once per machine):
 
 Inside a launched process (LOCAL_RANK / WORLD_SIZE set, e.g. by your own torchrun or SLURM script)
 `main_train` never re-launches: it runs the worker directly.
+
+Several machines, as clusters start them (`topology_from_env`): each machine runs `finetune train` once; the
+flags `--nnodes --node-rank --master-addr --master-port` win, and where one is absent the environment variable
+SLURM, SkyPilot or Kubernetes scripts set is read instead (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT; see
+examples/slurm/train.sbatch). `--rdzv-endpoint HOST:PORT` uses torchrun's c10d rendezvous instead (machines get
+their ranks as they join; no node rank needed), and `--max-restarts N` lets torchrun restart the whole group N times
+after a failure (elastic; the restarted workers resume from the latest checkpoint).
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ from finetune.errors import FinetuneError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MASTER_PORT = 29500
+DEFAULT_RDZV_ID = "finetune"
+# The environment a cluster script sets for each machine, read where the flag is absent: (flag, variable).
+TOPOLOGY_ENV = (("--nnodes", "NNODES"), ("--node-rank", "NODE_RANK"), ("--master-addr", "MASTER_ADDR"),
+                ("--master-port", "MASTER_PORT"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,8 @@ class Topology:
     node_rank: int = 0
     master_addr: str | None = None
     master_port: int | None = None
+    rdzv_endpoint: str | None = None  # HOST:PORT of torchrun's c10d rendezvous (instead of a static master)
+    max_restarts: int = 0
 
     @property
     def world_size(self) -> int:
@@ -51,7 +64,7 @@ class Topology:
 
     @property
     def needs_launcher(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.rdzv_endpoint is not None or self.max_restarts > 0
 
 
 def visible_cuda_devices() -> int:
@@ -82,17 +95,55 @@ def make_topology(
     node_rank: int = 0,
     master_addr: str | None = None,
     master_port: int | None = None,
+    rdzv_endpoint: str | None = None,
+    max_restarts: int = 0,
 ) -> Topology:
-    """A checked Topology; several machines need `master_addr` (the rank-0 machine, reachable from all)."""
+    """A checked Topology; several machines need `master_addr` (the rank-0 machine, reachable from all) or a
+    rendezvous endpoint."""
     if nnodes < 1:
         raise FinetuneError(f"--nnodes must be at least 1 (got {nnodes})")
     if not 0 <= node_rank < nnodes:
         raise FinetuneError(f"--node-rank must be in 0..{nnodes - 1} (got {node_rank})")
-    if nnodes > 1 and not master_addr:
-        raise FinetuneError("several machines (--nnodes > 1) need --master-addr: the address of the node-rank-0 machine")
+    if rdzv_endpoint is not None:
+        host, _, port = rdzv_endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise FinetuneError(f"--rdzv-endpoint must be HOST:PORT (got {rdzv_endpoint!r})")
+    elif nnodes > 1 and not master_addr:
+        raise FinetuneError("several machines (--nnodes > 1) need --master-addr (or MASTER_ADDR): the address of the "
+                            "node-rank-0 machine; or --rdzv-endpoint HOST:PORT")
     if master_port is not None and not 0 < master_port < 65536:
         raise FinetuneError(f"--master-port must be a TCP port (got {master_port})")
-    return Topology(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+    if max_restarts < 0:
+        raise FinetuneError(f"--max-restarts must be 0 or more (got {max_restarts})")
+    return Topology(nproc_per_node, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, max_restarts)
+
+
+def topology_from_env(
+    environ: Mapping[str, str],
+    *,
+    nnodes: int | None = None,
+    node_rank: int | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+) -> dict[str, object]:
+    """`make_topology`'s machine keywords: each flag given (not None), else its environment variable
+    (`TOPOLOGY_ENV`), else the one-machine default. A variable that is not a number is an error naming it."""
+    given = {"--nnodes": nnodes, "--node-rank": node_rank, "--master-addr": master_addr, "--master-port": master_port}
+    values: dict[str, object] = {}
+    for flag, variable in TOPOLOGY_ENV:
+        value: object = given[flag]
+        if value is None and environ.get(variable, "").strip():
+            raw = environ[variable].strip()
+            if flag == "--master-addr":
+                value = raw
+            elif raw.isdigit():
+                value = int(raw)
+            else:
+                raise FinetuneError(f"{variable}={raw!r} in the environment is not a number (it stands for {flag})")
+        values[flag.removeprefix("--").replace("-", "_")] = value
+    values["nnodes"] = values["nnodes"] if values["nnodes"] is not None else 1
+    values["node_rank"] = values["node_rank"] if values["node_rank"] is not None else 0
+    return values
 
 
 def worker_args(
@@ -120,16 +171,32 @@ def torchrun_command(topology: Topology, args: Sequence[str], *, python: str | N
     """`python -m torch.distributed.run ... -m finetune.train.worker ARGS` for this machine.
 
     One machine: `--standalone` (a free local rendezvous port, nothing to configure) unless a master port
-    is given. Several: static rendezvous at master_addr:master_port with --node-rank.
+    is given. Several: static rendezvous at master_addr:master_port with --node-rank, or c10d rendezvous at
+    the endpoint (its id: the SLURM job id when there is one, so two jobs on one endpoint never meet).
     """
     cmd = [python or sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={topology.nproc_per_node}"]
-    if topology.nnodes == 1 and topology.master_addr is None and topology.master_port is None:
+    if topology.rdzv_endpoint is not None:
+        rdzv_id = os.environ.get("SLURM_JOB_ID") or DEFAULT_RDZV_ID
+        cmd += [f"--nnodes={topology.nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={topology.rdzv_endpoint}",
+                f"--rdzv_id={rdzv_id}"]
+    elif topology.nnodes == 1 and topology.master_addr is None and topology.master_port is None:
         cmd.append("--standalone")
     else:
         cmd += [f"--nnodes={topology.nnodes}", f"--node_rank={topology.node_rank}"]
         cmd.append(f"--master_addr={topology.master_addr or '127.0.0.1'}")
         cmd.append(f"--master_port={topology.master_port or DEFAULT_MASTER_PORT}")
+    if topology.max_restarts:
+        cmd.append(f"--max_restarts={topology.max_restarts}")
     return cmd + ["-m", "finetune.train.worker", *args]
+
+
+def launcher_env(environ: Mapping[str, str], nproc_per_node: int) -> dict[str, str]:
+    """torchrun's environment: OMP_NUM_THREADS=1 for several processes per machine unless set, as torchrun itself
+    would choose, without its banner about choosing it."""
+    env = dict(environ)
+    if nproc_per_node > 1:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
 
 
 # --- entry point for the CLI ---------------------------------------------------------------------
@@ -143,10 +210,12 @@ def main_train(
     resume: bool = True,
     overwrite: bool = False,
     force_preprocess: bool = False,
-    nnodes: int = 1,
-    node_rank: int = 0,
+    nnodes: int | None = None,
+    node_rank: int | None = None,
     master_addr: str | None = None,
     master_port: int | None = None,
+    rdzv_endpoint: str | None = None,
+    max_restarts: int = 0,
     verbose: bool = False,
 ) -> int:
     """`finetune train`: plan output_dir, then run the worker here or under torchrun. Returns an exit code.
@@ -158,11 +227,13 @@ def main_train(
     from finetune.train import resilience, worker
 
     settings = load_recipe(recipe_path, overrides).settings
+    launched = in_launched_process(os.environ)
+    machines = topology_from_env(os.environ, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
+                                 master_port=master_port) if not launched else {}
     from finetune.data.readers import check_dataset_paths
 
     check_dataset_paths(settings.datasets)  # fail before starting anything
     ds_path, ds_notice = resolve_deepspeed(settings)  # workers resolve again
-    launched = in_launched_process(os.environ)
     plan = resilience.plan_output_dir(
         Path(settings.output_dir), resume=resume, overwrite=overwrite,
         clean=not launched or os.environ.get("RANK", "0") == "0",  # one process deletes stale checkpoints
@@ -180,14 +251,14 @@ def main_train(
 
         check_zero3(settings, cpu=not gpus)  # before any process starts
     nproc = decide_num_processes(num_processes, gpus)
+    topology = make_topology(nproc, **machines, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts)
     if gpus:
-        print_memory_plan(settings, world_size=nproc * nnodes)
-    topology = make_topology(nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port)
+        print_memory_plan(settings, world_size=topology.world_size)
     if not topology.needs_launcher:
         return worker.main(args)
     cmd = torchrun_command(topology, [*args, "--under-finetune-launcher"])  # run_launcher reports signals
     logger.info("starting %d processes (%d here): %s", topology.world_size, nproc, shlex.join(cmd))
-    return run_launcher(cmd)
+    return run_launcher(cmd, launcher_env(os.environ, nproc))
 
 
 def print_memory_plan(settings: Settings, *, world_size: int) -> None:

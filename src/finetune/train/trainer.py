@@ -14,6 +14,8 @@ Why a subclass (measured in scripts/bench_train.py, see docs/benchmarks.md):
   `num_items_in_batch`, across processes), so micro batch 1 x accumulation 4 == micro batch 4 x 1.
 - TRL casts trainable parameters of a quantized base to bf16; their fp32 values from before are put back (an
   upcast alone would keep the bf16 rounding of the adapter's initialisation): `adapters.keep_trainable_values`.
+- Evaluations compute what training computes and change nothing it reads: a 4-bit base is loaded so that
+  bitsandbytes never repacks it for its CPU inference kernel (`finetune.model.load.keep_4bit_training_layout`).
 - Under DeepSpeed ZeRO-3 the head's weight is partitioned: the loss runs as a module of the model tree that
   DeepSpeed gathers the head for, in forward and backward (`finetune.train.zero3.TrainedTokenLoss`).
 """
@@ -26,16 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from trl import SFTTrainer
-
-from finetune.model.loss import trained_token_nll
+from finetune.log import quiet_stdout
 from finetune.model.adapters import keep_trainable_values, trainable_to_fp32
+from finetune.model.loss import trained_token_nll
 from finetune.train.collective import all_reduce
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
+
+with quiet_stdout():  # transformers prints "[INFO] Running in WANDB offline mode" as TRL imports its Trainer
+    from trl import SFTTrainer
 
 
 @dataclass
@@ -61,8 +65,10 @@ class FinetuneTrainer(SFTTrainer):
         self._eval_sums: list[float] = [0.0, 0.0]  # trained-token NLL and count of the running evaluation
         trainable_to_fp32(self.model)
         self.partitioned_loss = None
-        from finetune.train.zero3 import attach_loss, zero3_enabled
+        from finetune.train.zero3 import attach_loss, init_deepspeed_comm, zero3_enabled
 
+        if self.is_deepspeed_enabled:  # now, quietly, rather than inside train() (DeepSpeed prints as it sets up)
+            init_deepspeed_comm()
         if zero3_enabled():
             self.partitioned_loss = attach_loss(self.model, self.model.get_output_embeddings(), loss_head)
 

@@ -108,6 +108,8 @@ def run_worker(
     if deepspeed is not None:
         settings = settings.model_copy(update={"deepspeed": str(deepspeed)})
     output_dir = Path(settings.output_dir)
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0):  # torchrun restarted us (--max-restarts)
+        resume_from = resilience.latest_checkpoint(output_dir) or resume_from
     barrier = init_distributed(ranks)
 
     tokenizer = load_tokenizer(settings)

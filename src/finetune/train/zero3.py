@@ -15,6 +15,9 @@ module's parameters in the module's forward (and again for its backward) and fre
   DeepSpeed *external parameters* (`deepspeed.zero.register_external_parameter`): DeepSpeed gathers them for the
   loss's forward and again for its backward, so a trained lm_head (`lora_modules_to_save`) receives its full
   gradient while gathered and DeepSpeed reduce-scatters it as it does for every other parameter.
+- Evaluating: bitsandbytes would repack a gathered 4-bit weight in place for its CPU inference kernel during an
+  evaluation, and the partition could then no longer be saved; a model loaded for training never takes that path
+  (`finetune.model.load.keep_4bit_training_layout`).
 - Saving: transformers' Trainer gathers the trainable parameters (stage3_gather_16bit_weights_on_model_save) and
   peft writes the usual adapter files; checkpoints also hold DeepSpeed's partitioned optimizer state.
 
@@ -31,6 +34,7 @@ import torch
 
 from finetune.config.settings import Settings
 from finetune.errors import RecipeError
+from finetune.log import quiet_stdout
 from finetune.model.loss import trained_token_nll
 
 LOSS_MODULE_NAME = "finetune_trained_token_loss"
@@ -56,10 +60,12 @@ def check_zero3(settings: Settings, *, cpu: bool) -> None:
 
 def init_deepspeed_comm() -> None:
     """Let DeepSpeed wrap the process group the worker set up, before anything partitions: its config reads the world
-    size from it (transformers' `zero.Init` while loading, `partition_quantized`)."""
+    size from it (transformers' `zero.Init` while loading, `partition_quantized`). Idempotent; the trainer calls it for
+    every DeepSpeed stage, so its console line is dropped there too."""
     import deepspeed
 
-    deepspeed.init_distributed()
+    with quiet_stdout():  # on the CPU: "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully"
+        deepspeed.init_distributed()
 
 
 def partition_quantized(model: Any) -> None:
