@@ -33,9 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from finetune.config.settings import Settings
+from finetune.config import load_recipe
 from finetune.config.deepspeed import resolve_deepspeed, zero_stage
+from finetune.config.settings import Settings
+from finetune.data.readers import check_dataset_paths
 from finetune.errors import FinetuneError
+from finetune.plan.command import format_plan
+from finetune.plan.estimate import plan_memory
+from finetune.train import resilience
 
 logger = logging.getLogger(__name__)
 
@@ -223,15 +228,12 @@ def main_train(
     Exit codes: 0 done; 128 + signal number when SIGINT/SIGTERM stopped it after saving a checkpoint
     (run again to resume); otherwise the failing worker's code. FinetuneError propagates to the CLI.
     """
-    from finetune.config import load_recipe
-    from finetune.train import resilience, worker
+    from finetune.train import worker  # pulls torch and TRL: only where this process trains itself (lazy, see docs)
 
     settings = load_recipe(recipe_path, overrides).settings
     launched = in_launched_process(os.environ)
     machines = topology_from_env(os.environ, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
                                  master_port=master_port) if not launched else {}
-    from finetune.data.readers import check_dataset_paths
-
     check_dataset_paths(settings.datasets)  # fail before starting anything
     ds_path, ds_notice = resolve_deepspeed(settings)  # workers resolve again
     plan = resilience.plan_output_dir(
@@ -247,7 +249,7 @@ def main_train(
         return worker.main(args)
     gpus = visible_cuda_devices()
     if zero_stage(ds_path) == 3:
-        from finetune.train.zero3 import check_zero3
+        from finetune.train.zero3 import check_zero3  # imports torch: only for a ZeRO-3 recipe (lazy, see docs)
 
         check_zero3(settings, cpu=not gpus)  # before any process starts
     nproc = decide_num_processes(num_processes, gpus)
@@ -264,9 +266,6 @@ def main_train(
 def print_memory_plan(settings: Settings, *, world_size: int) -> None:
     """`finetune plan`'s table for this GPU's memory, before anything loads (skipped when shapes are unknown)."""
     import torch
-
-    from finetune.plan.estimate import plan_memory
-    from finetune.plan.command import format_plan
 
     try:
         memory = torch.cuda.get_device_properties(0).total_memory

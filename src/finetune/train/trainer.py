@@ -32,6 +32,7 @@ from finetune.log import quiet_stdout
 from finetune.model.adapters import keep_trainable_values, trainable_to_fp32
 from finetune.model.loss import trained_token_nll
 from finetune.train.collective import all_reduce
+from finetune.train.zero3 import attach_loss, init_deepspeed_comm, zero3_enabled
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -65,8 +66,6 @@ class FinetuneTrainer(SFTTrainer):
         self._eval_sums: list[float] = [0.0, 0.0]  # trained-token NLL and count of the running evaluation
         trainable_to_fp32(self.model)
         self.partitioned_loss = None
-        from finetune.train.zero3 import attach_loss, init_deepspeed_comm, zero3_enabled
-
         if self.is_deepspeed_enabled:  # now, quietly, rather than inside train() (DeepSpeed prints as it sets up)
             init_deepspeed_comm()
         if zero3_enabled():
