@@ -34,3 +34,15 @@ def test_only_preference_tuning_adds_summary_entries() -> None:
 
 def test_each_stage_says_what_an_empty_split_lacks() -> None:
     assert "is empty" in SFTStage().nothing_to_train and "no pairs" in DPOStage().nothing_to_train
+
+
+def test_a_template_that_never_ends_a_turn_is_refused_at_its_line(llama3_tokenizer) -> None:
+    from finetune.data.templates import CHATML_JINJA
+    from finetune.errors import RecipeError
+    from finetune.train.run import check_end_of_turn
+
+    endless = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant: "
+    with pytest.raises(RecipeError, match="recipe.yml:7"):
+        check_end_of_turn(llama3_tokenizer, endless, "recipe.yml:7")
+    check_end_of_turn(llama3_tokenizer, CHATML_JINJA, "recipe.yml:7")  # <|im_end|> is text here, and stops
+    assert llama3_tokenizer.chat_template is None  # the shared tokenizer is left as it was

@@ -27,6 +27,7 @@ from finetune.model.load import Precision, resolve_precision
 from finetune.model.trainable import trainable_model
 from finetune.runs.checkpoints import verify_checkpoint
 from finetune.runs.layout import checkpoint_dirs
+from finetune.runs.read import stop_strings
 from finetune.train.args import sft_config, steps_per_epoch
 from finetune.train.dpo import DPOStage
 from finetune.train.progress import best_checkpoint_entry, progress_callback
@@ -142,6 +143,8 @@ def run_training(
     output_dir = Path(output_dir if output_dir is not None else settings.output_dir)
     resume_from = resume_point(resume, output_dir)
     template = chat_template_source(settings.chat_template, settings.chat_template_jinja, tokenizer)
+    if template is not None:  # a model whose replies could never be stopped is refused before it is trained
+        check_end_of_turn(tokenizer, template, settings.where("chat_template"))
     if len(prepared.train) == 0:
         raise FinetuneError(stage.nothing_to_train)
     precision = resolve_precision(settings)
@@ -236,6 +239,18 @@ def chat_template_source(name: ChatTemplateName, jinja: str | None, tokenizer: P
             logger.warning("no chat template saved with the tokenizer: %s", exc)
             return None
         raise
+
+
+def check_end_of_turn(tokenizer: PreTrainedTokenizerBase, template: str, where: str) -> None:
+    """RecipeError at `where` (the chat_template line) when `template` writes nothing after a reply that
+    generation could stop on (`finetune.runs.read.stop_strings`): chat, serve, report and the Modelfile
+    would never end a turn."""
+    saved = tokenizer.chat_template
+    tokenizer.chat_template = template
+    try:
+        stop_strings(tokenizer, where=where)
+    finally:
+        tokenizer.chat_template = saved
 
 
 def resolved_recipe_yaml(settings: Settings) -> str:
