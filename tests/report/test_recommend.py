@@ -9,14 +9,14 @@ def m(name, step, loss, style=0.3, replay=0.0, leaks=0):
     return Scored(name, step, loss, style, replay, leaks)
 
 
-def test_lowest_loss_among_those_that_do_not_memorise_more_than_the_one_before():
+def test_lowest_loss_among_those_that_do_not_memorise_more_than_the_last_good_one():
     series = [
         m("base", 0, 3.0, replay=0.0),
         m("checkpoint-10", 10, 2.0, replay=0.05),  # first trained: eligible
         m("checkpoint-20", 20, 1.5, replay=0.05),  # replay flat: eligible, lowest loss so far
         m("checkpoint-30", 30, 1.2, replay=0.20),  # replay rises: out, despite the lower loss
-        m("checkpoint-40", 40, 1.6, replay=0.10, leaks=1),  # replay falls but leaks rise: out
-        m("final", 50, 1.7, replay=0.10, leaks=1),  # same as the one before: eligible, but higher loss
+        m("checkpoint-40", 40, 1.6, replay=0.05, leaks=1),  # replay back to checkpoint-20's, but leaks rise: out
+        m("final", 50, 1.7, replay=0.05, leaks=0),  # no more than checkpoint-20: eligible, but a higher loss
     ]
     chosen = recommend(series)
     assert chosen["name"] == "checkpoint-20"
@@ -38,3 +38,11 @@ def test_order_is_by_step_not_by_listing():
 
 def test_only_the_base():
     assert recommend([m("base", 0, 3.0)])["name"] == "base"
+
+
+def test_keeping_a_risen_level_is_no_excuse():
+    series = [m("checkpoint-10", 10, 2.0, replay=0.0), m("checkpoint-20", 20, 1.0, replay=0.5, leaks=3),
+              m("final", 20, 0.9, replay=0.5, leaks=3)]  # final = checkpoint-20's weights: as bad
+    chosen = recommend(series)
+    assert chosen["name"] == "checkpoint-10"
+    assert "final replays more than checkpoint-10 (50% > 0%)" in chosen["reason"]
