@@ -62,3 +62,34 @@ def test_report_on_a_dpo_run_scores_the_chosen_replies(make_adapter_run, tmp_pat
     models = {m["name"]: m for m in report["models"]}
     assert models["base"]["heldout_loss"] != pytest.approx(models["final"]["heldout_loss"])
     assert report["recommended"]["name"] == "final"
+
+
+def test_report_on_a_full_fine_tune_loads_each_checkpoint_in_turn(make_adapter_run, write_chats, tmp_path,
+                                                                   monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetune.infer.evaluate import evaluate_main
+    from finetune.infer.generate import GenerationSettings
+    from finetune.report.command import report_main
+
+    _, settings = make_adapter_run()
+    monkeypatch.chdir(tmp_path)
+    write_chats(8, name="data.jsonl")
+    held = write_chats(2, name="held.jsonl", seed=3)
+    for where, scale in ((tmp_path / "out" / "checkpoint-1", 1.2), (tmp_path / "out", 1.5)):
+        trained = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=torch.float32)
+        with torch.no_grad():
+            trained.lm_head.weight.mul_(scale)
+        trained.save_pretrained(where)
+    full = settings.model_copy(update={"adapter": None, "output_dir": str(tmp_path / "out")})
+    assert report_main(full, dataset=str(held), progress=False, generation=GenerationSettings(max_new_tokens=4)) == 0
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text(encoding="utf-8"))
+    models = {m["name"]: m for m in report["models"]}
+    assert list(models) == ["base", "checkpoint-1", "final"]
+    evaluated = tmp_path / "eval.json"
+    assert evaluate_main(full, dataset=str(held), output=evaluated, progress=False) == 0
+    losses = {r["model"]: r["loss"] for r in json.loads(evaluated.read_text())}
+    assert models["base"]["heldout_loss"] == pytest.approx(losses["base"], rel=1e-5)
+    assert models["final"]["heldout_loss"] == pytest.approx(losses["fine-tuned"], rel=1e-5)
+    assert models["checkpoint-1"]["heldout_loss"] != pytest.approx(losses["fine-tuned"], rel=1e-5)
