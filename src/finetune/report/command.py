@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from finetune.config.settings import Settings
+from finetune.data.collate import make_collator
 from finetune.errors import FinetuneError
 from finetune.infer.generate import Generated, GenerationSettings, generate, stop_strings
+from finetune.model.loss import trained_token_nll
+from finetune.model.tokenizer import load_tokenizer
 from finetune.report import html, style
 from finetune.report.cache import GenerationCache, prompt_key, write_atomically
 from finetune.report.heldout import HeldOut, Training, choose
@@ -52,8 +55,6 @@ def report_main(
     stdout: Any = None,
 ) -> int:
     """Score every target, write report.json and index.html, print the recommendation; the exit code."""
-    from finetune.model.tokenizer import load_tokenizer
-
     printer = stdout or sys.stdout
     generation.check()
     if max_conversations <= 0:
@@ -107,9 +108,6 @@ def report_main(
 def heldout_loss(model: Any, settings: Settings, tokenizer: Any, rows: Any, name: str, progress: bool) -> float:
     """Mean NLL per trained token over `rows`, summed over all rows first (finetune.infer.evaluate's figure)."""
     import torch
-
-    from finetune.data.collate import make_collator
-    from finetune.model.loss import trained_token_nll
 
     collate = make_collator(settings, tokenizer)
     batch_size = settings.eval_batch_size or settings.micro_batch_size

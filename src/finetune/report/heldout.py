@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from finetune.config.settings import Settings
+from finetune.data.build import prepare_data
 from finetune.data.readers import read_dataset
 from finetune.data.tokenize import IGNORE_INDEX
 from finetune.errors import FinetuneError
@@ -86,8 +87,6 @@ def dataset_settings(settings: Settings, dataset: str) -> Settings:
 def choose(settings: Settings, tokenizer: Any, *, dataset: str | None, max_conversations: int,
            stop_strings: Sequence[str], progress: bool) -> tuple[HeldOut, Training]:
     """The held-out samples and the training index (module doc)."""
-    from finetune.data.build import prepare_data
-
     scored = dataset_settings(settings, dataset) if dataset else settings
     prepared = prepare_data(scored, tokenizer, progress=progress)
     loss_rows = prepared.train if dataset else prepared.eval
