@@ -8,15 +8,15 @@ from finetune.infer.generate import GenerationSettings, generate, stop_strings, 
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_llama_dir):
+def tiny(micro_llama_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from finetune.data.templates import LLAMA3_JINJA
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(micro_llama_dir)
     tokenizer.chat_template = LLAMA3_JINJA
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(micro_llama_dir, dtype=torch.float32).eval()
     return model, tokenizer
 
 
