@@ -115,6 +115,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-base", action="store_true", help="skip the base model")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="rows per forward pass")
 
+    p = command("report", _report, "score the base and every checkpoint on held-out chats: loss, style, replay, leaks")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="run directory (default: output_dir)")
+    p.add_argument("--checkpoints", default="all", metavar="all|last|STEP,...", help="checkpoints to score (default all)")
+    p.add_argument("--max-conversations", type=int, default=40, metavar="N", help="held-out conversations to use")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write the report (default: output_dir/report)")
+    p.add_argument("--dataset", default=None, metavar="FILE",
+                   help="held-out conversations from this file (formatted like the recipe's first dataset)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest generated reply in tokens")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="prompts generated together")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+
     p = command("plan", _plan, "estimate per-GPU peak memory for the recipe and say whether it fits")
     p.add_argument("--gpu-memory", default="24GiB", metavar="SIZE",
                    help="memory per GPU: 24GiB, 80GB, 24000MiB (a bare number means GiB; default 24GiB)")
@@ -275,6 +287,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         base=not args.no_base,
         batch_size=args.batch_size,
     )
+
+
+def _report(args: argparse.Namespace) -> int:
+    from finetune.infer.generate import GenerationSettings
+    from finetune.report.command import report_main
+
+    generation = GenerationSettings(temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_new_tokens,
+                                    batch_size=args.batch_size)
+    return report_main(_load(args).settings, adapter_dir=args.adapter, checkpoints=args.checkpoints,
+                       max_conversations=args.max_conversations, out=args.out, dataset=args.dataset,
+                       generation=generation, progress=not args.no_progress)
 
 
 def _import(args: argparse.Namespace) -> int:
