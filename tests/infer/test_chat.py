@@ -101,10 +101,10 @@ def test_generation_stops_at_end_of_turn(make_adapter_run: Any) -> None:
     chat = load_chat_model(settings)
     text = format_prompt(chat.tokenizer, messages)
     ids = chat.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-    from finetune.infer.chat import generation_config
+    from finetune.infer.chat import chat_generation_config
 
     with torch.no_grad():
-        out = chat.model.generate(ids, generation_config=generation_config(chat, Sampling(temperature=0,
+        out = chat.model.generate(ids, generation_config=chat_generation_config(chat, Sampling(temperature=0,
                                                                                            max_new_tokens=6)))
     assert out[0, ids.shape[1]:].tolist() == [EOT]
     assert answer(chat, messages, Sampling(temperature=0, max_new_tokens=6)) == ""

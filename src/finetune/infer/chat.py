@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
 
 from finetune.config.settings import Settings
 from finetune.errors import DataError, FinetuneError
+from finetune.infer.generate import generation_config
 from finetune.model.load import load_model, place_for_inference
 from finetune.runs.read import (adapter_kind, cut_at_stop, load_run_tokenizer, read_adapter_config, resolve_adapter_dir,
                                 stop_strings, stop_token_ids)
@@ -133,20 +134,12 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, s
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def generation_config(chat: ChatModel, sampling: Sampling) -> GenerationConfig:
-    from transformers import GenerationConfig
-
-    sample = sampling.temperature > 0
+def chat_generation_config(chat: ChatModel, sampling: Sampling) -> GenerationConfig:
+    """`sampling` for this model (its stop ids, its pad), by the one translation every generating command uses."""
     pad = chat.tokenizer.pad_token_id
-    return GenerationConfig(
-        max_new_tokens=sampling.max_new_tokens,
-        do_sample=sample,
-        temperature=sampling.temperature if sample else None,
-        top_p=sampling.top_p if sample else None,
-        top_k=None,
-        eos_token_id=chat.stop_ids,
-        pad_token_id=pad if pad is not None else chat.stop_ids[0],
-    )
+    return generation_config(temperature=sampling.temperature, top_p=sampling.top_p,
+                             max_new_tokens=sampling.max_new_tokens, stop_ids=chat.stop_ids,
+                             pad_id=pad if pad is not None else chat.stop_ids[0])
 
 
 def answer(chat: ChatModel, messages: list[dict[str, str]], sampling: Sampling, stream: TextIO | None = None) -> str:
@@ -161,7 +154,7 @@ def answer(chat: ChatModel, messages: list[dict[str, str]], sampling: Sampling, 
     prompt_len = inputs["input_ids"].shape[1]
     criteria = [_stop_on_text(chat.tokenizer, chat.stop_strings, prompt_len)] if chat.stop_strings else None
     with torch.no_grad():
-        output = chat.model.generate(**inputs, generation_config=generation_config(chat, sampling), streamer=streamer,
+        output = chat.model.generate(**inputs, generation_config=chat_generation_config(chat, sampling), streamer=streamer,
                                      stopping_criteria=criteria)
     chat.last_new_tokens = output.shape[1] - prompt_len
     text = chat.tokenizer.decode(output[0, prompt_len:], skip_special_tokens=True)

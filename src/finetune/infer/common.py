@@ -1,13 +1,19 @@
-"""What both `finetune evaluate` paths (SFT loss, preference pairs) share: the run to score and the rows to
-score it on."""
+"""What scoring a run shares (`finetune evaluate`'s two paths, `finetune report`): the run to score, the rows to
+score it on, and the trained-token loss over them."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError
+from finetune.model.loss import trained_token_nll
 from finetune.runs.read import adapter_kind, read_adapter_config, resolve_adapter_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def trained_dir(settings: Settings, adapter_dir: Path | None) -> Path:
@@ -40,3 +46,29 @@ def dataset_settings(settings: Settings, dataset: str) -> Settings:
             "eval_sample_packing": None,
         }
     )
+
+
+def trained_token_loss(model: PreTrainedModel, rows: Any, collate: Callable[[list], dict], batch_size: int,
+                       label: str, progress: bool) -> tuple[float, int]:
+    """(summed NLL, count) of the trained tokens of `rows` under `model`, in batches of `batch_size`; every
+    token weighs the same (summed over all rows first). `label` names the progress line."""
+    import torch
+
+    total_nll, total_count = 0.0, 0
+    device = next(model.parameters()).device
+    config = model.config.get_text_config()
+    with torch.no_grad():
+        for first in range(0, len(rows), batch_size):
+            batch = collate([rows[i] for i in range(first, min(first + batch_size, len(rows)))])
+            batch = {key: value.to(device) for key, value in batch.items()}
+            labels = batch.pop("labels")
+            out = model(**batch, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+            nll, count = trained_token_nll(out.hidden_states[-1], labels, model.get_output_embeddings(), config)
+            total_nll += float(nll)
+            total_count += int(count)
+            if progress:
+                done = min(first + batch_size, len(rows))
+                print(f"\r{label}: {done}/{len(rows)} rows", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return total_nll, total_count

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,10 +18,9 @@ from finetune.config.settings import Settings
 from finetune.data.build import prepare_data
 from finetune.data.collate import Collator, make_collator
 from finetune.errors import FinetuneError
-from finetune.infer.common import dataset_settings, trained_dir
+from finetune.infer.common import dataset_settings, trained_dir, trained_token_loss
 from finetune.infer.evaluate_pairs import evaluate_pairs_main
 from finetune.model.load import load_model, place_for_inference
-from finetune.model.loss import trained_token_nll
 from finetune.model.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -112,26 +110,8 @@ def evaluate_rows(
 
 
 def _score(model: PreTrainedModel, rows: Dataset, collate: Collator, batch_size: int, name: str, progress: bool) -> EvalResult:
-    import torch
-
     start = time.perf_counter()
-    total_nll, total_count = 0.0, 0
-    device = next(model.parameters()).device
-    config = model.config.get_text_config()
-    with torch.no_grad():
-        for first in range(0, len(rows), batch_size):
-            batch = collate([rows[i] for i in range(first, min(first + batch_size, len(rows)))])
-            batch = {key: value.to(device) for key, value in batch.items()}
-            labels = batch.pop("labels")
-            out = model(**batch, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-            nll, count = trained_token_nll(out.hidden_states[-1], labels, model.get_output_embeddings(), config)
-            total_nll += float(nll)
-            total_count += int(count)
-            if progress:
-                done = min(first + batch_size, len(rows))
-                print(f"\revaluating {name}: {done}/{len(rows)} rows", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+    total_nll, total_count = trained_token_loss(model, rows, collate, batch_size, f"evaluating {name}", progress)
     loss = total_nll / max(total_count, 1)
     return EvalResult(name, loss, math.exp(min(loss, 700.0)), total_count, len(rows), time.perf_counter() - start)
 

@@ -6,7 +6,7 @@ replies out.
   rows of similar length share a batch (little padding); replies come back in the prompts' order.
 - Greedy decoding by default (`temperature` 0); `temperature` > 0 samples with `top_p`.
 - A row stops at any of `stop_ids` (the trained end-of-turn ids, `finetune.runs.read.stop_token_ids`) or
-  at any of `stop_strings` (end-of-turn markers that the tokenizer splits into several tokens, e.g.
+  at any of `stop_strings` (`finetune.runs.read.stop_strings`: end-of-turn markers that the tokenizer splits into several tokens, e.g.
   `<|im_end|>` under chatml on a Llama 3 tokenizer): transformers' stop-string criterion ends that row,
   and the text is cut before the first stop string, so neither ever shows in a reply.
 - Replies are decoded without special tokens and stripped of surrounding whitespace.
@@ -15,10 +15,14 @@ replies out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from finetune.errors import FinetuneError
-from finetune.runs.read import END_OF_TURN_MARKERS
+from finetune.runs.read import cut_at_stop
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import GenerationConfig
 
 
 @dataclass(frozen=True)
@@ -49,18 +53,43 @@ class Generated:
     new_tokens: int
 
 
-# STAND-IN for finetune.runs.read.stop_strings (added by the "runs" branch); the lead switches this at merge.
-def stop_strings(tokenizer: Any) -> list[str]:
-    """End-of-turn markers the chat template writes that are text to this tokenizer (not one vocab entry)."""
-    template = tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else ""
-    vocab = tokenizer.get_vocab()
-    return [marker for marker in END_OF_TURN_MARKERS if marker in template and marker not in vocab]
-
-
 def trim(text: str, strings: Sequence[str]) -> str:
-    """`text` cut before the first occurrence of any stop string, stripped."""
-    cut = min((text.find(s) for s in strings if s and s in text), default=len(text))
-    return text[:cut].strip()
+    """`text` cut before the first occurrence of any stop string, stripped (as `finetune chat` shows a reply)."""
+    return cut_at_stop(text, strings)[0].strip()
+
+
+def generation_config(*, temperature: float, top_p: float, max_new_tokens: int, stop_ids: Sequence[int],
+                      pad_id: int, stop_strings: Sequence[str] = ()) -> GenerationConfig:
+    """The one translation of sampling settings into transformers' GenerationConfig, for chat, report and serve:
+    greedy at temperature 0 (no top-k anywhere), stopping at every stop id."""
+    from transformers import GenerationConfig
+
+    sample = temperature > 0
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=temperature if sample else None,
+        top_p=top_p if sample else None,
+        top_k=None,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+        stop_strings=list(stop_strings) or None,
+    )
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of `prompts` left-padded to the longest, so every row's new tokens start at
+    the same column."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if len(prompt):
+            ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+    return ids, mask
 
 
 def generate(
@@ -100,27 +129,13 @@ def generate(
 def _generate_batch(model: Any, tokenizer: Any, prompts: list[Sequence[int]], settings: GenerationSettings,
                     stop_ids: list[int], strings: list[str], pad: int) -> list[Generated]:
     import torch
-    from transformers import GenerationConfig
 
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if len(prompt):
-            ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
+    ids, mask = left_pad(prompts, pad)
+    width = ids.shape[1]
     device = next(model.parameters()).device
-    sample = settings.temperature > 0
-    config = GenerationConfig(
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=sample,
-        temperature=settings.temperature if sample else None,
-        top_p=settings.top_p if sample else None,
-        top_k=None,
-        eos_token_id=stop_ids,
-        pad_token_id=pad,
-        stop_strings=strings or None,
-    )
+    config = generation_config(temperature=settings.temperature, top_p=settings.top_p,
+                               max_new_tokens=settings.max_new_tokens, stop_ids=stop_ids, pad_id=pad,
+                               stop_strings=strings)
     with torch.no_grad():
         output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
                                 tokenizer=tokenizer if strings else None)

@@ -12,27 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from finetune.infer.generate import Generated
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """`text` into `path` whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from finetune.runs.atomic import write_text
 
 
 def prompt_key(prompt: Sequence[int], settings: dict[str, Any]) -> str:
@@ -62,4 +46,4 @@ class GenerationCache:
     def put(self, items: dict[str, Generated]) -> None:
         for key, reply in items.items():
             self.replies[key] = {"text": reply.text, "new_tokens": reply.new_tokens}
-        write_atomically(self.path, json.dumps({"replies": self.replies}, ensure_ascii=False))
+        write_text(self.path, json.dumps({"replies": self.replies}, ensure_ascii=False))

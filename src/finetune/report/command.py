@@ -25,21 +25,22 @@ from typing import Any, Sequence
 from finetune.config.settings import Settings
 from finetune.data.collate import make_collator
 from finetune.errors import FinetuneError
-from finetune.infer.generate import Generated, GenerationSettings, generate, stop_strings
-from finetune.model.loss import trained_token_nll
+from finetune.infer.common import trained_token_loss
+from finetune.infer.generate import Generated, GenerationSettings, generate
 from finetune.model.tokenizer import load_tokenizer
 from finetune.report import html, style
-from finetune.report.cache import GenerationCache, prompt_key, write_atomically
+from finetune.report.cache import GenerationCache, prompt_key
 from finetune.report.heldout import HeldOut, Training, choose
 from finetune.report.leaks import leaked
 from finetune.report.models import Target, loaded_models, select_targets, target_hash
 from finetune.report.recommend import Scored, recommend
 from finetune.report.replay import replays
-from finetune.runs.read import load_run_tokenizer, stop_token_ids
+from finetune.runs.atomic import write_text
+from finetune.runs.layout import REPORT_DIR
+from finetune.runs.read import load_run_tokenizer, stop_strings, stop_token_ids
 
 logger = logging.getLogger(__name__)
 
-REPORT_DIR = "report"  # STAND-IN for the constant of finetune.runs.layout (the "runs" branch); switched at merge
 
 
 def report_main(
@@ -97,8 +98,8 @@ def report_main(
                      "replies": {name: replies[i] for name, replies in replies_by_model.items()}}
                     for i, s in enumerate(held.samples)],
     }
-    write_atomically(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    write_atomically(out_dir / "index.html", html.render(report))
+    write_text(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text(out_dir / "index.html", html.render(report))
     print(format_table(models), file=printer)
     print(f"recommended: {chosen['name']} ({chosen['reason']})", file=printer)
     print(f"wrote {out_dir / 'report.json'} and {out_dir / 'index.html'}", file=printer)
@@ -106,29 +107,11 @@ def report_main(
 
 
 def heldout_loss(model: Any, settings: Settings, tokenizer: Any, rows: Any, name: str, progress: bool) -> float:
-    """Mean NLL per trained token over `rows`, summed over all rows first (finetune.infer.evaluate's figure)."""
-    import torch
-
-    collate = make_collator(settings, tokenizer)
-    batch_size = settings.eval_batch_size or settings.micro_batch_size
-    device = next(model.parameters()).device
-    config = model.config.get_text_config()
-    total_nll, total_count = 0.0, 0
-    with torch.no_grad():
-        for first in range(0, len(rows), batch_size):
-            batch = collate([rows[i] for i in range(first, min(first + batch_size, len(rows)))])
-            batch = {key: value.to(device) for key, value in batch.items()}
-            labels = batch.pop("labels")
-            out = model(**batch, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-            nll, count = trained_token_nll(out.hidden_states[-1], labels, model.get_output_embeddings(), config)
-            total_nll += float(nll)
-            total_count += int(count)
-            if progress:
-                done = min(first + batch_size, len(rows))
-                print(f"\rheld-out loss of {name}: {done}/{len(rows)} rows", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
-    return total_nll / max(total_count, 1)
+    """Mean NLL per trained token over `rows`, summed over all rows first (`finetune evaluate`'s figure, by the
+    same loop)."""
+    nll, count = trained_token_loss(model, rows, make_collator(settings, tokenizer), settings.eval_batch,
+                                    f"held-out loss of {name}", progress)
+    return nll / max(count, 1)
 
 
 def generate_cached(model: Any, tokenizer: Any, held: HeldOut, generation: GenerationSettings, stop: Sequence[int],

@@ -30,6 +30,7 @@ from finetune.data.build import prepare_data
 from finetune.data.readers import read_dataset
 from finetune.data.tokenize import IGNORE_INDEX
 from finetune.errors import FinetuneError
+from finetune.infer.common import dataset_settings
 from finetune.infer.generate import trim
 from finetune.report.leaks import TrainingSecrets, contact_names, speaker_names
 from finetune.report.replay import TrainingReplies
@@ -73,15 +74,6 @@ def label_runs(labels: Sequence[int]) -> Iterator[tuple[int, int]]:
             start = None
     if start is not None:
         yield start, len(labels)
-
-
-def dataset_settings(settings: Settings, dataset: str) -> Settings:
-    """The recipe with its data replaced by `dataset`, all of it one split (as `finetune evaluate --dataset`)."""
-    first = settings.datasets[0].model_copy(update={"path": dataset})
-    updated = settings.model_copy(update={"datasets": [first], "val_set_size": 0.0, "dedup": False,
-                                          "sample_packing": settings.packs_eval, "eval_sample_packing": None})
-    first._source, first._path = None, ()
-    return updated
 
 
 def choose(settings: Settings, tokenizer: Any, *, dataset: str | None, max_conversations: int,

@@ -1,6 +1,6 @@
 """The models a report scores, loaded once per base.
 
-Targets: the base, the selected `checkpoint-N` directories of the run (`--checkpoints all`, `last`, or
+Targets: the base, the selected checkpoint directories of the run (`--checkpoints all`, `last`, or
 `STEP,STEP,...`) and the final adapter (or model) in the run directory itself.
 
 Adapter runs (LoRA, DoRA, QLoRA): the base is loaded ONCE, as training loaded it (4-bit where the recipe
@@ -24,7 +24,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 from finetune.config.settings import Settings
 from finetune.errors import FinetuneError
-from finetune.runs.read import adapter_kind, base_model_dir, checkpoint_step, read_json
+from finetune.model.load import load_model, place_for_inference
+from finetune.runs.layout import ADAPTER_CONFIG, MODEL_CONFIG, RUN_SUMMARY, checkpoint_dirs, checkpoint_name, checkpoint_step
+from finetune.runs.read import adapter_kind, base_model_dir, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ MIB = 1 << 20
 
 @dataclass(frozen=True)
 class Target:
-    name: str  # "base", "checkpoint-N", "final"
+    name: str  # "base", a checkpoint directory's name, "final"
     step: int
     path: Path | None  # None for the base
 
@@ -41,9 +43,8 @@ class Target:
 def select_targets(settings: Settings, run_dir: Path, checkpoints: str) -> list[Target]:
     """The base, the selected checkpoints and the final adapter/model, in step order."""
     full = settings.adapter is None
-    marker = "config.json" if full else "adapter_config.json"
-    found = sorted((p for p in run_dir.glob("checkpoint-*") if (p / marker).is_file() and checkpoint_step(p.name) >= 0),
-                   key=lambda p: checkpoint_step(p.name))
+    marker = MODEL_CONFIG if full else ADAPTER_CONFIG
+    found = [p for p in checkpoint_dirs(run_dir) if (p / marker).is_file()]
     if checkpoints == "all":
         chosen = found
     elif checkpoints == "last":
@@ -57,7 +58,7 @@ def select_targets(settings: Settings, run_dir: Path, checkpoints: str) -> list[
         missing = [s for s in steps if s not in by_step]
         if missing:
             have = ", ".join(str(s) for s in by_step) or "none"
-            raise FinetuneError(f"--checkpoints: no checkpoint-{missing[0]} in {run_dir} (steps present: {have})")
+            raise FinetuneError(f"--checkpoints: no {checkpoint_name(missing[0])} in {run_dir} (steps present: {have})")
         chosen = [by_step[s] for s in sorted(set(steps))]
     targets = [Target("base", 0, None)]
     targets += [Target(p.name, checkpoint_step(p.name), p) for p in chosen]
@@ -70,7 +71,7 @@ def select_targets(settings: Settings, run_dir: Path, checkpoints: str) -> list[
 
 
 def _final_step(run_dir: Path, checkpoints: Sequence[Path]) -> int:
-    summary = run_dir / "run_summary.json"
+    summary = run_dir / RUN_SUMMARY
     if summary.is_file():
         steps = read_json(summary).get("steps")
         if isinstance(steps, int):
@@ -113,8 +114,6 @@ def target_hash(settings: Settings, target: Target) -> str:
 def loaded_models(settings: Settings, tokenizer: Any, targets: Sequence[Target]) -> Iterator[Callable[[Target], Any]]:
     """`use(target)`: a context manager giving the model as that target (module doc). Targets come in order,
     the base first."""
-    from finetune.model.load import load_model, place_for_inference
-
     base = place_for_inference(load_model(settings, tokenizer, training=False), settings).eval()
     base.config.use_cache = True  # loading switched the KV cache off (a training setting)
     if settings.adapter is None:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from finetune.infer.generate import generation_config, left_pad
 from finetune.runs.read import cut_at_stop
 from finetune.serve.models import ModelPool
 
@@ -176,7 +177,7 @@ class Engine:
     def run_batch(self, batch: list[Job]) -> None:
         """Generate every job of `batch` (one model, one sampling) in one left-padded `generate` call."""
         import torch  # noqa: F811  (the TYPE_CHECKING import names the type; this one runs)
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         batch = [job for job in batch if not job.cancelled.is_set()]
@@ -186,12 +187,7 @@ class Engine:
         tokenizer = served.tokenizer
         rows = [_Row(job, tokenizer, served.stop_ids, [*served.stop_strings, *job.stop]) for job in batch]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else served.stop_ids[0]
-        width = max(len(job.prompt_ids) for job in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, job in enumerate(batch):
-            ids[i, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
-            mask[i, width - len(job.prompt_ids):] = 1
+        ids, mask = left_pad([job.prompt_ids for job in batch], pad)
 
         class Rows(BaseStreamer):
             prompt_seen = False
@@ -216,12 +212,9 @@ class Engine:
                 return torch.tensor([row.done for row in rows], device=input_ids.device)
 
         sampling = batch[0].sampling
-        sample = sampling.temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=max(job.sampling.max_tokens for job in batch), do_sample=sample,
-            temperature=sampling.temperature if sample else None, top_p=sampling.top_p if sample else None,
-            top_k=None, eos_token_id=served.stop_ids, pad_token_id=pad,
-        )
+        config = generation_config(temperature=sampling.temperature, top_p=sampling.top_p,
+                                   max_new_tokens=max(job.sampling.max_tokens for job in batch),
+                                   stop_ids=served.stop_ids, pad_id=pad)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         with self.pool.use(served.name) as model, torch.no_grad():
