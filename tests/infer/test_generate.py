@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune.infer.generate import GenerationSettings, generate, stop_strings, trim
+from finetune.infer.generate import GenerationSettings, generate, trim
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +27,6 @@ def _prompts(tokenizer, texts):
 
 TEXTS = ["hi", "what are you doing tonight, any plans with the others?", "ok", "tell me about the river and the stone",
          "lol", "where do you live these days"]
-
-
-def test_stop_strings_are_the_end_of_turn_markers_that_are_text(llama3_tokenizer):
-    from finetune.data.templates import CHATML_JINJA, LLAMA3_JINJA
-
-    tokenizer = llama3_tokenizer.__class__.from_pretrained(llama3_tokenizer.name_or_path)
-    tokenizer.chat_template = CHATML_JINJA
-    assert stop_strings(tokenizer) == ["<|im_end|>"]  # several tokens to Llama 3: a string, not an id
-    tokenizer.chat_template = LLAMA3_JINJA
-    assert stop_strings(tokenizer) == []  # <|eot_id|> is one token: a stop id
 
 
 def test_trim_cuts_before_the_first_stop_string():
