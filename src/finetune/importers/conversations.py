@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from typing import IO, Iterable
 
 from finetune.errors import DataError, FinetuneError
 from finetune.importers.redact import name_pattern, redact, redact_names
+from finetune.runs.atomic import publish, temp_path
 
 logger = logging.getLogger(__name__)
 
@@ -150,15 +150,15 @@ def chat_rows(messages: Iterable[Message], options: ImportOptions, me_ids: set[s
 
 
 class AtomicJsonl:
-    """Rows written to a temporary file beside `path`, renamed over it only on `commit()`. A write that fails
+    """Rows written to a temporary file beside `path`, made `path` only on `commit()` (`finetune.runs.atomic`). A write that fails
     (a full disk) removes the temporary file and raises a FinetuneError naming the output (exit code 1)."""
 
     def __init__(self, path: Path, overwrite: bool):
         if path.exists() and not overwrite:
             raise DataError(f"{path}: already exists; pass --overwrite to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.path, self.tmp = path, Path(tmp)
+        self.path, self.tmp = path, temp_path(path)
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
 
     def write(self, row: dict) -> None:
@@ -169,10 +169,8 @@ class AtomicJsonl:
 
     def commit(self) -> None:
         try:
-            self.file.flush()
-            os.fsync(self.file.fileno())
             self.file.close()
-            os.replace(self.tmp, self.path)
+            publish(self.tmp, self.path)  # fsync, rename, fsync the directory
         except OSError as exc:
             self._fail(exc)
 
