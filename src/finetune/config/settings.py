@@ -460,6 +460,11 @@ class Settings(Section):
         return "ipo" if self.rl == "ipo" else self.dpo_loss_type
 
     @property
+    def quantized(self) -> bool:
+        """Whether the base is loaded quantized (load_in_4bit or load_in_8bit): bitsandbytes places it."""
+        return self.load_in_4bit or self.load_in_8bit
+
+    @property
     def eval_batch(self) -> int:
         """Rows per eval forward: eval_batch_size, else micro_batch_size (the one place this default lives)."""
         return self.eval_batch_size or self.micro_batch_size

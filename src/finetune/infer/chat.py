@@ -123,7 +123,7 @@ def load_chat_model(settings: Settings, *, adapter_dir: str | Path | None = None
 
 def _load_base(settings: Settings, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """The base through the training loader (same quantization, precision and embedding size), placed for inference."""
-    return place_for_inference(load_model(settings, tokenizer, training=False), settings)
+    return place_for_inference(load_model(settings, tokenizer, training=False), quantized=settings.quantized)
 
 
 # --- answering ---------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def evaluate_rows(
 ) -> list[EvalResult]:
     """Fine-tuned (and optionally base) model results on prepared `rows`; `adapter_dir` as `trained_dir` gives it."""
     collate = make_collator(settings, tokenizer)
-    model = place_for_inference(load_model(settings, tokenizer, training=False), settings).eval()
+    model = place_for_inference(load_model(settings, tokenizer, training=False), quantized=settings.quantized).eval()
     results = []
     if not base:
         logger.info("base comparison skipped (--no-base): only the fine-tuned model is scored")
@@ -104,7 +104,7 @@ def evaluate_rows(
             results.append(_score(model, rows, collate, batch_size, "base", progress))
         dtype = model.dtype
         del model
-        model = place_for_inference(AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=dtype), settings).eval()
+        model = place_for_inference(AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=dtype), quantized=settings.quantized).eval()
     results.append(_score(model, rows, collate, batch_size, "fine-tuned", progress))
     return results
 

@@ -77,7 +77,7 @@ def pair_margins(settings: Settings, tokenizer: PreTrainedTokenizerBase, rows: D
                  ) -> dict[str, np.ndarray]:
     """{"reference": [pairs, 2], "fine-tuned": [pairs, 2]} summed reply log-probs (chosen, rejected)."""
     pad_id = pad_token_id(tokenizer)
-    model = place_for_inference(load_model(settings, tokenizer, training=False), settings).eval()
+    model = place_for_inference(load_model(settings, tokenizer, training=False), quantized=settings.quantized).eval()
 
     def score(m: Any, fresh: bool = False) -> np.ndarray:
         return sequence_log_probs(m, rows, pad_id=pad_id, batch_size=batch_size, fresh_adapter=fresh)
@@ -87,7 +87,7 @@ def pair_margins(settings: Settings, tokenizer: PreTrainedTokenizerBase, rows: D
 
         reference, dtype = score(model), model.dtype
         del model
-        tuned = place_for_inference(AutoModelForCausalLM.from_pretrained(run_dir, dtype=dtype), settings).eval()
+        tuned = place_for_inference(AutoModelForCausalLM.from_pretrained(run_dir, dtype=dtype), quantized=settings.quantized).eval()
         return {"reference": reference, "fine-tuned": score(tuned)}
     from peft import PeftModel
 

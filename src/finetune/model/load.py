@@ -281,11 +281,12 @@ def inference_device(cuda_available: bool, quantized: bool) -> str | None:
     return "cuda" if cuda_available else "cpu"
 
 
-def place_for_inference(model: PeftModel | PreTrainedModel, settings: Settings) -> PeftModel | PreTrainedModel:
-    """`model` moved to `inference_device` (the one placement rule for every inference path)."""
+def place_for_inference(model: PeftModel | PreTrainedModel, *, quantized: bool) -> PeftModel | PreTrainedModel:
+    """`model` moved to `inference_device` (the one placement rule for every inference path); a `quantized`
+    base (Settings.quantized) stays where bitsandbytes put it."""
     import torch
 
-    device = inference_device(torch.cuda.is_available(), settings.load_in_4bit or settings.load_in_8bit)
+    device = inference_device(torch.cuda.is_available(), quantized)
     return model if device is None else model.to(device)
 
 

@@ -114,7 +114,7 @@ def target_hash(settings: Settings, target: Target) -> str:
 def loaded_models(settings: Settings, tokenizer: Any, targets: Sequence[Target]) -> Iterator[Callable[[Target], Any]]:
     """`use(target)`: a context manager giving the model as that target (module doc). Targets come in order,
     the base first."""
-    base = place_for_inference(load_model(settings, tokenizer, training=False), settings).eval()
+    base = place_for_inference(load_model(settings, tokenizer, training=False), quantized=settings.quantized).eval()
     base.config.use_cache = True  # loading switched the KV cache off (a training setting)
     if settings.adapter is None:
         holder = {"model": base}
@@ -126,7 +126,7 @@ def loaded_models(settings: Settings, tokenizer: Any, targets: Sequence[Target])
             if target.path is not None:
                 dtype = holder["model"].dtype
                 holder.clear()  # free the previous model before loading the next
-                model = place_for_inference(AutoModelForCausalLM.from_pretrained(target.path, dtype=dtype), settings)
+                model = place_for_inference(AutoModelForCausalLM.from_pretrained(target.path, dtype=dtype), quantized=settings.quantized)
                 model.config.use_cache = True
                 holder["model"] = model.eval()
             yield holder["model"]

@@ -116,7 +116,7 @@ class ModelPool:
         total = len(adapters) + 1
         progress(f"loading the base {first.settings.base_model} (1/{total})")
         tokenizer = load_run_tokenizer(first.settings, first.run_dir)
-        base = place_for_inference(load_model(first.settings, tokenizer, training=False), first.settings)
+        base = place_for_inference(load_model(first.settings, tokenizer, training=False), quantized=first.settings.quantized)
         model = None
         for index, (source, name, path) in enumerate(adapters):
             progress(f"attaching {name} ({index + 2}/{total})")
