@@ -49,7 +49,9 @@ TOP_LEVEL = {"__init__", "__main__", "cli", "errors", "log", "requirements"}
 LAZY_ALLOWED = {"finetune.cli"}  # the edge: each command's entry is imported when that command runs
 # (source, target) pairs with a measured reason: `finetune train`'s launcher starts torchrun and must not load
 # torch and TRL itself (the worker does, in each process: ~5-20 s each on 2 cores).
-LAZY_PAIRS = {("finetune.train.launch", "finetune.train.worker"), ("finetune.train.launch", "finetune.train.zero3")}
+# A worker (a process edge under torchrun) sets up the log channel before it imports the trainers, whose imports log.
+LAZY_PAIRS = {("finetune.train.launch", "finetune.train.worker"), ("finetune.train.launch", "finetune.train.zero3"),
+              ("finetune.train.worker", "finetune.train.run")}
 TEST_HELPERS = {"conftest.py", "launching.py", "serving.py", "__init__.py"}
 FREE_TEST_DIRS = {"commands", "gpu", "scripts"}
 

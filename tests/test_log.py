@@ -161,6 +161,7 @@ def test_rank_0_drops_collective_and_thread_count_warnings_unless_verbose() -> N
 
 
 def test_quiet_stdout_drops_library_prints_unless_verbose(capsys) -> None:
+    logging.getLogger("finetune").handlers.clear()  # as finetune used as a library (earlier tests ran the CLI)
     with quiet_stdout():
         print("unconfigured: a library user sees everything")
     configure()

@@ -115,7 +115,7 @@ frozen = sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in engine.mo
 whole = sum(p.ds_numel * 4 for p in engine.module.parameters() if not p.requires_grad and p.ds_numel <= 10 * hidden)
 trainable = sum(p.ds_numel for p in engine.module.parameters() if p.requires_grad)
 split = sum(p.ds_tensor.numel() for p in engine.module.parameters() if p.requires_grad and p.ds_numel > 10 * hidden)
-sys.path.insert(0, sys.argv[2])
+sys.path[:0] = [sys.argv[2], os.path.dirname(sys.argv[2])]  # tests/plan and tests (conftest)
 from test_estimate import LiveTensorBytes
 head = engine.module.get_output_embeddings()
 ids = torch.randint(0, config.vocab_size, (1, int(sys.argv[3])), generator=torch.Generator().manual_seed(0))

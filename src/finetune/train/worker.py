@@ -30,9 +30,9 @@ from finetune.errors import FinetuneError
 from finetune.log import configure
 from finetune.model.tokenizer import load_tokenizer
 from finetune.train import resilience, tracking
-from finetune.train.run import RunResult, run_training
 
 if TYPE_CHECKING:
+    from finetune.train.run import RunResult
     from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,10 @@ def run_worker(
         config["world_size"] = ranks.world_size
         config["effective_batch"] = settings.effective_batch(ranks.world_size)
         tracker.start(config, data_summary=prepared.summary.to_dict(), resuming=resume_from is not None)
+
+    # The trainers (TRL, peft, bitsandbytes) log as they are imported: only now, after `configure`, so those
+    # lines meet the log channel's filters instead of Python's last-resort handler.
+    from finetune.train.run import run_training
 
     flag = resilience.SignalFlag()
     callbacks = [resilience.stop_on_signal_callback(flag)]
