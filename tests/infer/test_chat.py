@@ -12,7 +12,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from finetune.infer.chat import (  # noqa: E402
-    Sampling,
     answer,
     chat_main,
     format_prompt,
@@ -21,6 +20,7 @@ from finetune.infer.chat import (  # noqa: E402
     read_prompt_file,
 )
 from finetune.errors import DataError, FinetuneError, RecipeError  # noqa: E402
+from finetune.infer.generate import GenerationSettings  # noqa: E402
 from finetune.runs.read import stop_token_ids  # noqa: E402
 
 EOT, END_OF_TEXT, PAD = 128009, 128001, 128004
@@ -90,7 +90,7 @@ def test_generation_stops_at_end_of_turn(make_adapter_run: Any) -> None:
     run_dir, settings = make_adapter_run(new_tokens=("<|tool_call|>",), seed=2)
     chat = load_chat_model(settings)
     messages = [{"role": "user", "content": QUESTION}]
-    free = answer(chat, messages, Sampling(temperature=0, max_new_tokens=6))
+    free = answer(chat, messages, GenerationSettings(temperature=0, max_new_tokens=6))
     assert free  # before the edit the model talks
     first = chat.tokenizer(free, add_special_tokens=False).input_ids[0]
     tensors = load_file(run_dir / "adapter_model.safetensors")
@@ -104,10 +104,10 @@ def test_generation_stops_at_end_of_turn(make_adapter_run: Any) -> None:
     from finetune.infer.chat import chat_generation_config
 
     with torch.no_grad():
-        out = chat.model.generate(ids, generation_config=chat_generation_config(chat, Sampling(temperature=0,
+        out = chat.model.generate(ids, generation_config=chat_generation_config(chat, GenerationSettings(temperature=0,
                                                                                            max_new_tokens=6)))
     assert out[0, ids.shape[1]:].tolist() == [EOT]
-    assert answer(chat, messages, Sampling(temperature=0, max_new_tokens=6)) == ""
+    assert answer(chat, messages, GenerationSettings(temperature=0, max_new_tokens=6)) == ""
 
 
 def test_generation_stops_at_a_text_end_of_turn_and_never_shows_it(chat: Any) -> None:
@@ -116,7 +116,7 @@ def test_generation_stops_at_a_text_end_of_turn_and_never_shows_it(chat: Any) ->
     import dataclasses
 
     messages = [{"role": "user", "content": QUESTION}]
-    greedy = Sampling(temperature=0, max_new_tokens=24)
+    greedy = GenerationSettings(temperature=0, max_new_tokens=24)
     free_chat = dataclasses.replace(chat, stop_strings=[])
     free = answer(free_chat, messages, greedy)
     assert free_chat.last_new_tokens == 24  # the tiny model never ends by itself
@@ -181,7 +181,7 @@ def test_history_carries_the_first_exchange_into_the_second_prompt(chat: Any) ->
         return next(script)
 
     out = io.StringIO()
-    assert interactive(chat, Sampling(temperature=0, max_new_tokens=4), system="Be kind.", read=read, out=out) == 0
+    assert interactive(chat, GenerationSettings(temperature=0, max_new_tokens=4), system="Be kind.", read=read, out=out) == 0
     _, first, second, _, third = prompts
     assert first.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe kind.<|eot_id|>")
     assert "Hello there" in first and "And again?" not in first

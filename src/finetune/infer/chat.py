@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
 
 from finetune.config.settings import Settings
 from finetune.errors import DataError, FinetuneError
-from finetune.infer.generate import generation_config
+from finetune.infer.generate import GenerationSettings, generation_config
 from finetune.model.load import load_model, place_for_inference
 from finetune.runs.read import (adapter_kind, cut_at_stop, load_run_tokenizer, read_adapter_config, resolve_adapter_dir,
                                 stop_strings, stop_token_ids)
@@ -36,23 +36,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D), /help"
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Generation settings; temperature 0 is greedy decoding."""
-
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 512
-
-    def check(self) -> None:
-        if self.temperature < 0:
-            raise FinetuneError(f"--temperature {self.temperature}: must be 0 (greedy) or more")
-        if not 0 < self.top_p <= 1:
-            raise FinetuneError(f"--top-p {self.top_p}: must be in (0, 1]")
-        if self.max_new_tokens <= 0:
-            raise FinetuneError(f"--max-new-tokens {self.max_new_tokens}: must be positive")
 
 
 @dataclass
@@ -134,7 +117,7 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, s
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def chat_generation_config(chat: ChatModel, sampling: Sampling) -> GenerationConfig:
+def chat_generation_config(chat: ChatModel, sampling: GenerationSettings) -> GenerationConfig:
     """`sampling` for this model (its stop ids, its pad), by the one translation every generating command uses."""
     pad = chat.tokenizer.pad_token_id
     return generation_config(temperature=sampling.temperature, top_p=sampling.top_p,
@@ -142,7 +125,7 @@ def chat_generation_config(chat: ChatModel, sampling: Sampling) -> GenerationCon
                              pad_id=pad if pad is not None else chat.stop_ids[0])
 
 
-def answer(chat: ChatModel, messages: list[dict[str, str]], sampling: Sampling, stream: TextIO | None = None) -> str:
+def answer(chat: ChatModel, messages: list[dict[str, str]], sampling: GenerationSettings, stream: TextIO | None = None) -> str:
     """Generate the next assistant turn; with `stream`, tokens are written there as they come."""
     import torch
 
@@ -206,7 +189,7 @@ def _held_back(text: str, stops: list[str]) -> int:
                default=0)
 
 
-def interactive(chat: ChatModel, sampling: Sampling, *, system: str | None = None,
+def interactive(chat: ChatModel, sampling: GenerationSettings, *, system: str | None = None,
                 read: Callable[[str], str] = input, out: TextIO | None = None) -> int:
     """The REPL: each answer streams; the conversation is kept until /reset."""
     out = out or sys.stdout
@@ -281,7 +264,7 @@ def chat_main(
 ) -> int:
     """`finetune chat`: one --prompt, a --file of prompts (JSONL out), or the interactive loop; the exit code."""
     out = stdout or sys.stdout
-    sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    sampling = GenerationSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     sampling.check()
     if prompt is not None and file is not None:
         raise FinetuneError("--prompt and --file are exclusive; pass one")
